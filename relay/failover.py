@@ -1,0 +1,710 @@
+"""The failover policy of one channel session, as a sans-IO state machine.
+
+Theory of operation. A session owns an ordered list of candidates (the channel's upstream streams,
+best first). It opens *attempts* (one upstream HTTP connection each) and relays exactly one of them,
+the *current* attempt. Everything that can happen to an attempt comes in as a method call with the
+time (`head`, `packets`, `failed`, `tick`); everything the I/O shell must do comes out as actions
+(`Open`, `Close`, `Switch`, `Exhausted`, `Log`). This module never reads a clock, never sleeps and
+never touches a socket, so every rule below is a unit test.
+
+The rules, in one place:
+- A *round* looks for a stream to relay: at session start, after a failure of the current stream,
+  and for a break-before-make upgrade. It walks its candidates in order, opening the next one when
+  the previous has not delivered within `hedge_delay_s` (or at once when it failed), so a dead
+  backup never eats the budget. At session start, candidates that failed within `cooldown_s` go
+  last, and the round prefers priority: a lower candidate that is ready waits for a better one still
+  connecting. After a failure, the first candidate to deliver whole packets wins.
+- An attempt fails when: no response head within `connect_timeout_s` (ConnectionTimeout), the socket
+  fails (ConnectionError), the status is not 2xx after redirects (HttpError), no body bytes for
+  `stall_timeout_s` (StreamStall), or the body ends or errors (StreamError).
+- A mid-stream round that finds nothing within `budget_s` of the detection is *exhausted*: the
+  session ends. A start round is exhausted when every candidate failed.
+- Upgrade: `upgrade_after_s` after switching to a lower-priority stream, probe the better
+  candidates best first, one at a time, in the background; switch once one delivers packets
+  (make-before-break). If none does, stay and restart the timer. When the only free way to probe is
+  the slot our current stream holds on the same account, close it first (break-before-make) and run
+  a round that tries the better stream, then the one we had.
+- An account never holds more connections than its `max_connections` (the provider would kill the
+  oldest, i.e. the stream we are protecting): a candidate on a full account waits or is skipped.
+- Every switch starts the new stream with fresh health state; only the per-stream failure time
+  survives, in the shared HealthMemory.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.config import FailoverConfig
+
+
+class Reason(enum.StrEnum):
+    """Why an upstream attempt ended; a closed list so monitoring can group on it."""
+
+    CONNECTION_TIMEOUT = "ConnectionTimeout"
+    CONNECTION_ERROR = "ConnectionError"
+    HTTP_ERROR = "HttpError"
+    STREAM_STALL = "StreamStall"
+    STREAM_ERROR = "StreamError"
+    NO_VIDEO = "NoVideo"
+    ACCOUNT_FULL = "AccountFull"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One upstream stream of a channel; `rank` is its place in the priority order (0 = best)."""
+
+    account: str
+    stream_id: int
+    priority: int
+    rank: int
+    is_primary: bool = False
+
+    @property
+    def ref(self) -> str:
+        """How events and logs name the stream: never a URL, never a credential."""
+        return f"{self.account}/{self.stream_id}"
+
+
+# ---- actions (what the shell must do) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Open:
+    attempt: int
+    candidate: Candidate
+
+
+@dataclass(frozen=True)
+class Close:
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Switch:
+    """Relay this attempt from its next whole packet on; the previous current one is closed."""
+
+    attempt: int
+    candidate: Candidate
+
+
+@dataclass(frozen=True)
+class Exhausted:
+    """No stream could be found: answer 503 if nothing was sent yet, else end the response."""
+
+    started: bool
+
+
+@dataclass(frozen=True)
+class Log:
+    """An event to record. `fields` match the event schema in relay/events.py."""
+
+    event: str
+    level: str
+    fields: dict[str, Any]
+
+
+Action = Open | Close | Switch | Exhausted | Log
+
+
+# ---- shared state across sessions -------------------------------------------------------------
+
+
+class HealthMemory:
+    """When each stream last failed, shared by all sessions (a quick retune avoids a dead primary)."""
+
+    def __init__(self) -> None:
+        self._failed_at: dict[str, float] = {}
+
+    def failed(self, ref: str, now: float) -> None:
+        self._failed_at[ref] = now
+
+    def recently_failed(self, ref: str, now: float, cooldown_s: float) -> bool:
+        t = self._failed_at.get(ref)
+        return t is not None and now - t < cooldown_s
+
+
+class Slots:
+    """Provider connections held per account, against each account's `max_connections`."""
+
+    def __init__(self, limits: dict[str, int]) -> None:
+        self.limits = dict(limits)
+        self.held: dict[str, int] = {name: 0 for name in limits}
+
+    def free(self, account: str) -> int:
+        return self.limits.get(account, 1) - self.held.get(account, 0)
+
+    def acquire(self, account: str) -> None:
+        if self.free(account) <= 0:
+            raise RuntimeError(f"account {account} is full")  # a bug in the caller, never user input
+        self.held[account] = self.held.get(account, 0) + 1
+
+    def release(self, account: str) -> None:
+        if self.held.get(account, 0) <= 0:
+            raise RuntimeError(f"account {account} released more than acquired")
+        self.held[account] -= 1
+
+
+# ---- internal state ---------------------------------------------------------------------------
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    STARTING = "starting"  # first round, nothing sent to the client yet
+    STREAMING = "streaming"
+    FAILING_OVER = "failing_over"  # a round after the current stream failed
+    EXHAUSTED = "exhausted"
+    CLOSED = "closed"
+
+
+@dataclass
+class _Attempt:
+    id: int
+    candidate: Candidate
+    opened_at: float
+    head_at: float | None = None
+    ready_at: float | None = None
+    probe: bool = False
+
+
+@dataclass
+class _Round:
+    kind: str  # "start" | "failover" | "upgrade"
+    queue: list[Candidate]
+    started_at: float
+    deadline: float | None
+    prefer_priority: bool
+    reason: Reason | None = None
+    http_status: int | None = None
+    from_candidate: Candidate | None = None
+    upgrade_target: Candidate | None = None
+    attempted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    next_open_at: float = 0.0
+    last_status: int | None = None
+    last_reason: Reason | None = None
+
+
+@dataclass
+class _Upgrade:
+    targets: list[Candidate]
+    attempted: list[str] = field(default_factory=list)
+    last_reason: Reason | None = None
+    last_status: int | None = None
+
+
+class FailoverMachine:
+    """The policy of one channel session; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        channel: str,
+        candidates: Sequence[Candidate],
+        policy: FailoverConfig,
+        health: HealthMemory,
+        slots: Slots,
+    ) -> None:
+        self.channel = channel
+        self.candidates = sorted(candidates, key=lambda c: c.rank)
+        self.policy = policy
+        self.health = health
+        self.slots = slots
+        self.state = State.IDLE
+        self.attempts: dict[int, _Attempt] = {}
+        self.current: _Attempt | None = None
+        self._round: _Round | None = None
+        self._upgrade: _Upgrade | None = None
+        self._next_id = 1
+        self._last_data = 0.0
+        self._paused = False
+        self._upgrade_at: float | None = None
+        self._started_at = 0.0
+        self.failovers = 0
+        self.upgrades = 0
+
+    # ---- inputs -----------------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        """Begin the session: the first round, healthy candidates first."""
+        if self.state is not State.IDLE:
+            raise RuntimeError("start() called twice")
+        self._started_at = now
+        self.state = State.STARTING
+        healthy = [c for c in self.candidates if not self._cooling(c, now)]
+        cooling = [c for c in self.candidates if self._cooling(c, now)]
+        self._round = _Round("start", healthy + cooling, now, None, prefer_priority=True)
+        out: list[Action] = []
+        self._advance(now, out)
+        return out
+
+    def head(self, attempt: int, now: float) -> list[Action]:
+        """The attempt's upstream answered 2xx (after redirects): now it must deliver bytes."""
+        a = self.attempts.get(attempt)
+        if a is not None and a.head_at is None:
+            a.head_at = now
+        return []
+
+    def packets(self, attempt: int, now: float) -> list[Action]:
+        """The attempt delivered whole TS packets. Cheap for the current attempt: the hot path."""
+        cur = self.current
+        if cur is not None and cur.id == attempt:
+            self._last_data = now
+            return []
+        a = self.attempts.get(attempt)
+        if a is None:
+            return []
+        if a.head_at is None:
+            a.head_at = now
+        if a.ready_at is not None:
+            return []
+        a.ready_at = now
+        out: list[Action] = []
+        if a.probe:
+            self._upgrade_won(a, now, out)
+        elif self._round is not None:
+            self._choose(now, out)
+        return out
+
+    def failed(
+        self, attempt: int, reason: Reason, now: float, http_status: int | None = None
+    ) -> list[Action]:
+        """The attempt's connection failed or ended, for `reason`."""
+        a = self.attempts.get(attempt)
+        if a is None:
+            return []
+        out: list[Action] = []
+        self._drop(a, now, out, failed=True)
+        if self.current is a:
+            self.current = None
+            self._begin_failover(a.candidate, reason, http_status, now, out)
+        elif a.probe:
+            self._probe_failed(a, reason, http_status, now, out)
+        elif self._round is not None:
+            self._round.last_reason, self._round.last_status = reason, http_status
+            self._advance(now, out)
+            self._choose(now, out)
+        return out
+
+    def content_failed(self, reason: Reason, now: float) -> list[Action]:
+        """The current stream flows but its content is broken (e.g. NoVideo): fail it over."""
+        if self.current is None:
+            return []
+        return self.failed(self.current.id, reason, now)
+
+    def paused(self, now: float) -> None:
+        """The client stopped reading, so the upstream is paused: silence is not a stall."""
+        self._paused = True
+
+    def resumed(self, now: float) -> None:
+        self._paused = False
+        self._last_data = max(self._last_data, now)
+
+    def tick(self, now: float) -> list[Action]:
+        """Act on every deadline that has passed."""
+        out: list[Action] = []
+        if self.state in (State.CLOSED, State.EXHAUSTED, State.IDLE):
+            return out
+        cur = self.current
+        if cur is not None and not self._paused and now - self._last_data >= self.policy.stall_timeout_s:
+            out += self.failed(cur.id, Reason.STREAM_STALL, now)
+        for a in list(self.attempts.values()):
+            if a is self.current or a.id not in self.attempts:
+                continue
+            if a.head_at is None and now - a.opened_at >= self.policy.connect_timeout_s:
+                out += self.failed(a.id, Reason.CONNECTION_TIMEOUT, now)
+            elif (
+                a.ready_at is None
+                and a.head_at is not None
+                and now - a.head_at >= self.policy.stall_timeout_s
+            ):
+                out += self.failed(a.id, Reason.STREAM_STALL, now)
+        rnd = self._round
+        if rnd is not None:
+            if rnd.deadline is not None and now >= rnd.deadline:
+                self._exhaust(now, out)
+            else:
+                self._advance(now, out)
+                self._choose(now, out)
+        if self._upgrade_at is not None and now >= self._upgrade_at and self._round is None:
+            self._begin_upgrade(now, out)
+        return out
+
+    def close(self, now: float, reason: str) -> list[Action]:
+        """The session ends (client gone, shutdown): close everything, log session_end."""
+        if self.state is State.CLOSED:
+            return []
+        out: list[Action] = []
+        cur = self.current
+        for a in list(self.attempts.values()):
+            self._drop(a, now, out, failed=False)
+        was = self.state
+        self.state = State.CLOSED
+        self._round = self._upgrade = None
+        self._upgrade_at = None
+        self.current = None
+        if was is not State.IDLE:
+            out.append(
+                Log(
+                    "session_end",
+                    "info",
+                    self._fields(
+                        from_stream=cur.candidate.ref if cur else None,
+                        reason=reason,
+                        duration_ms=round((now - self._started_at) * 1000, 1),
+                        failovers=self.failovers,
+                        upgrades=self.upgrades,
+                    ),
+                )
+            )
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest time tick() has something to do, for the shell's single timer."""
+        if self.state in (State.CLOSED, State.EXHAUSTED, State.IDLE):
+            return None
+        p = self.policy
+        times: list[float] = []
+        if self.current is not None and not self._paused:
+            times.append(self._last_data + p.stall_timeout_s)
+        for a in self.attempts.values():
+            if a is self.current:
+                continue
+            if a.head_at is None:
+                times.append(a.opened_at + p.connect_timeout_s)
+            elif a.ready_at is None:
+                times.append(a.head_at + p.stall_timeout_s)
+        rnd = self._round
+        if rnd is not None:
+            if rnd.deadline is not None:
+                times.append(rnd.deadline)
+            if rnd.queue:
+                times.append(rnd.next_open_at)
+        if self._upgrade_at is not None:
+            times.append(self._upgrade_at)
+        return min(times) if times else None
+
+    @property
+    def current_candidate(self) -> Candidate | None:
+        return self.current.candidate if self.current else None
+
+    # ---- rounds -----------------------------------------------------------------------------
+
+    def _begin_failover(
+        self, failed: Candidate, reason: Reason, status: int | None, now: float, out: list[Action]
+    ) -> None:
+        self._cancel_upgrade(now, out)
+        self.state = State.FAILING_OVER
+        others = [c for c in self.candidates if c != failed]
+        healthy = [c for c in others if not self._cooling(c, now)]
+        cooling = [c for c in others if self._cooling(c, now)]
+        self._round = _Round(
+            "failover",
+            healthy + cooling,
+            now,
+            now + self.policy.budget_s,
+            prefer_priority=False,
+            reason=reason,
+            http_status=status,
+            from_candidate=failed,
+        )
+        self._advance(now, out)
+        self._choose(now, out)
+
+    def _advance(self, now: float, out: list[Action]) -> None:
+        """Open the next candidate(s) of the round: one at once, then one per hedge delay."""
+        rnd = self._round
+        if rnd is None:
+            return
+        while rnd.queue:
+            ours = self._round_attempts()
+            if any(a.ready_at is not None for a in ours):
+                return  # a winner is ready; only attempts already open may still beat it
+            pending = [a for a in ours if a.ready_at is None]
+            if pending and now < rnd.next_open_at:
+                return
+            cand = self._next_openable(rnd, pending)
+            if cand is None:
+                break
+            rnd.queue.remove(cand)
+            rnd.attempted.append(cand.ref)
+            self._open(cand, now, out, probe=False)
+            rnd.next_open_at = now + self.policy.hedge_delay_s
+        if not rnd.queue and not self._round_attempts():
+            self._exhaust(now, out)
+
+    def _next_openable(self, rnd: _Round, pending: list[_Attempt]) -> Candidate | None:
+        """The first queued candidate whose account has a free slot.
+
+        A candidate blocked by one of our own pending attempts waits for it; one blocked by
+        connections we do not hold here is skipped for this round (the provider would kill them).
+        """
+        own = {a.candidate.account for a in pending}
+        for cand in list(rnd.queue):
+            if self.slots.free(cand.account) > 0:
+                return cand
+            if cand.account not in own:
+                rnd.queue.remove(cand)
+                rnd.skipped.append(cand.ref)
+                rnd.last_reason = rnd.last_reason or Reason.ACCOUNT_FULL
+        return None
+
+    def _round_attempts(self) -> list[_Attempt]:
+        return [a for a in self.attempts.values() if not a.probe and a is not self.current]
+
+    def _choose(self, now: float, out: list[Action]) -> None:
+        """Pick the round's winner among the attempts that delivered packets."""
+        rnd = self._round
+        if rnd is None:
+            return
+        ours = self._round_attempts()
+        ready = sorted((a for a in ours if a.ready_at is not None), key=lambda a: a.candidate.rank)
+        if not ready:
+            return
+        best = ready[0]
+        better_pending = any(a.ready_at is None and a.candidate.rank < best.candidate.rank for a in ours)
+        if rnd.prefer_priority and better_pending:
+            return
+        self._win(best, now, out)
+
+    def _win(self, a: _Attempt, now: float, out: list[Action]) -> None:
+        rnd = self._round
+        assert rnd is not None
+        for other in self._round_attempts():
+            if other is not a:
+                self._drop(other, now, out, failed=False)
+        prev = self.current
+        if prev is not None:
+            self._drop(prev, now, out, failed=False)
+        self.current = a
+        self._round = None
+        self._last_data = now
+        self.state = State.STREAMING
+        out.append(Switch(a.id, a.candidate))
+        common: dict[str, Any] = {"attempted": rnd.attempted}
+        if rnd.skipped:
+            common["skipped"] = rnd.skipped
+        if rnd.kind == "start":
+            out.append(
+                Log(
+                    "session_start",
+                    "info",
+                    self._fields(to_stream=a.candidate.ref, ttfb_ms=_ms(now - rnd.started_at), **common),
+                )
+            )
+        elif rnd.kind == "upgrade" and rnd.upgrade_target is not None:
+            assert rnd.from_candidate is not None
+            won = a.candidate == rnd.upgrade_target
+            if won:
+                self.upgrades += 1
+            out.append(
+                Log(
+                    "upgrade" if won else "upgrade_failed",
+                    "info",
+                    self._fields(
+                        from_stream=rnd.from_candidate.ref,
+                        to_stream=a.candidate.ref if won else rnd.upgrade_target.ref,
+                        reason="Upgrade" if won else str(rnd.last_reason or Reason.STREAM_ERROR),
+                        http_status=None if won else rnd.last_status,
+                        switch_ms=_ms(now - rnd.started_at),
+                        mode="break_before_make",
+                        **common,
+                    ),
+                )
+            )
+        else:
+            assert rnd.from_candidate is not None and rnd.reason is not None
+            self.failovers += 1
+            out.append(
+                Log(
+                    "failover",
+                    "warn",
+                    self._fields(
+                        from_stream=rnd.from_candidate.ref,
+                        to_stream=a.candidate.ref,
+                        reason=str(rnd.reason),
+                        http_status=rnd.http_status,
+                        switch_ms=_ms(now - rnd.started_at),
+                        **common,
+                    ),
+                )
+            )
+        self._arm_upgrade(now)
+
+    def _exhaust(self, now: float, out: list[Action]) -> None:
+        rnd = self._round
+        assert rnd is not None
+        for a in self._round_attempts():
+            self._drop(a, now, out, failed=False)
+        self._round = None
+        started = rnd.kind != "start"
+        self.state = State.EXHAUSTED
+        reason = rnd.reason or rnd.last_reason or Reason.CONNECTION_ERROR
+        out.append(
+            Log(
+                "exhausted",
+                "error",
+                self._fields(
+                    from_stream=rnd.from_candidate.ref if rnd.from_candidate else None,
+                    to_stream=None,
+                    reason=str(reason),
+                    http_status=rnd.http_status if rnd.reason else rnd.last_status,
+                    attempted=rnd.attempted,
+                    skipped=rnd.skipped,
+                    waited_ms=_ms(now - rnd.started_at),
+                ),
+            )
+        )
+        out.append(Exhausted(started=started))
+
+    # ---- upgrades ---------------------------------------------------------------------------
+
+    def _arm_upgrade(self, now: float) -> None:
+        cur = self.current
+        better = cur is not None and any(c.rank < cur.candidate.rank for c in self.candidates)
+        self._upgrade_at = now + self.policy.upgrade_after_s if better else None
+
+    def _begin_upgrade(self, now: float, out: list[Action]) -> None:
+        cur = self.current
+        self._upgrade_at = None
+        if cur is None:
+            return
+        targets = [c for c in self.candidates if c.rank < cur.candidate.rank]
+        self._upgrade = _Upgrade(targets)
+        self._probe_next(now, out)
+
+    def _probe_next(self, now: float, out: list[Action]) -> None:
+        up = self._upgrade
+        cur = self.current
+        assert up is not None and cur is not None
+        while up.targets:
+            target = up.targets.pop(0)
+            up.attempted.append(target.ref)
+            if self.slots.free(target.account) > 0:
+                self._open(target, now, out, probe=True)
+                return
+            if target.account == cur.candidate.account and self.slots.limits.get(target.account, 1) == 1:
+                self._break_before_make(target, up, now, out)
+                return
+            up.last_reason = Reason.ACCOUNT_FULL
+        self._upgrade = None
+        out.append(
+            Log(
+                "upgrade_failed",
+                "info",
+                self._fields(
+                    from_stream=cur.candidate.ref,
+                    to_stream=up.attempted[0] if up.attempted else None,
+                    reason=str(up.last_reason or Reason.STREAM_ERROR),
+                    http_status=up.last_status,
+                    attempted=up.attempted,
+                ),
+            )
+        )
+        self._arm_upgrade(now)
+
+    def _break_before_make(self, target: Candidate, up: _Upgrade, now: float, out: list[Action]) -> None:
+        """Our own stream holds the account's only slot: give it up, try the better one, else return."""
+        cur = self.current
+        assert cur is not None
+        self._upgrade = None
+        self._drop(cur, now, out, failed=False)
+        self.current = None
+        self.state = State.FAILING_OVER
+        self._round = _Round(
+            "upgrade",
+            [target, cur.candidate] + [c for c in self.candidates if c not in (target, cur.candidate)],
+            now,
+            now + self.policy.budget_s,
+            prefer_priority=True,
+            from_candidate=cur.candidate,
+            upgrade_target=target,
+        )
+        self._advance(now, out)
+
+    def _upgrade_won(self, a: _Attempt, now: float, out: list[Action]) -> None:
+        cur = self.current
+        up = self._upgrade
+        self._upgrade = None
+        if cur is not None:
+            self._drop(cur, now, out, failed=False)
+        a.probe = False
+        self.current = a
+        self._last_data = now
+        self.upgrades += 1
+        out.append(Switch(a.id, a.candidate))
+        out.append(
+            Log(
+                "upgrade",
+                "info",
+                self._fields(
+                    from_stream=cur.candidate.ref if cur else None,
+                    to_stream=a.candidate.ref,
+                    reason="Upgrade",
+                    switch_ms=0.0,
+                    probe_ms=_ms(now - a.opened_at),
+                    attempted=up.attempted if up else [a.candidate.ref],
+                    mode="make_before_break",
+                ),
+            )
+        )
+        self._arm_upgrade(now)
+
+    def _probe_failed(
+        self, a: _Attempt, reason: Reason, status: int | None, now: float, out: list[Action]
+    ) -> None:
+        up = self._upgrade
+        if up is None or self.current is None:
+            return
+        up.last_reason, up.last_status = reason, status
+        self._probe_next(now, out)
+
+    def _cancel_upgrade(self, now: float, out: list[Action]) -> None:
+        self._upgrade_at = None
+        self._upgrade = None
+        for a in list(self.attempts.values()):
+            if a.probe:
+                self._drop(a, now, out, failed=False)
+
+    # ---- bookkeeping ------------------------------------------------------------------------
+
+    def _open(self, cand: Candidate, now: float, out: list[Action], *, probe: bool) -> None:
+        self.slots.acquire(cand.account)
+        a = _Attempt(self._next_id, cand, now, probe=probe)
+        self._next_id += 1
+        self.attempts[a.id] = a
+        out.append(Open(a.id, cand))
+
+    def _drop(self, a: _Attempt, now: float, out: list[Action], *, failed: bool) -> None:
+        if self.attempts.pop(a.id, None) is None:
+            return
+        self.slots.release(a.candidate.account)
+        if failed:
+            self.health.failed(a.candidate.ref, now)
+        out.append(Close(a.id))
+
+    def _cooling(self, c: Candidate, now: float) -> bool:
+        return self.health.recently_failed(c.ref, now, self.policy.cooldown_s)
+
+    def _fields(self, **kw: Any) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "channel": self.channel,
+            "from_stream": None,
+            "to_stream": None,
+            "reason": None,
+            "attempted": [],
+            "http_status": None,
+            "switch_ms": None,
+        }
+        base.update(kw)
+        return base
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def rank_candidates(rows: Iterable[tuple[str, int, int, bool]]) -> list[Candidate]:
+    """Candidates from (account, stream_id, priority, is_primary) rows already in store order."""
+    return [Candidate(acc, sid, prio, i, bool(prim)) for i, (acc, sid, prio, prim) in enumerate(rows)]
