@@ -1,0 +1,204 @@
+"""The relay process: wires config, store, event log and sessions to the HTTP server, and routes.
+
+Routes are a small table: exact paths for the fixed endpoints, prefixes for the stream URLs.
+Every handler answers with bytes at once, except a stream, which hands the connection to a
+channel session. Nothing here decides failover; nothing here knows a provider's password except
+`Shared.url_for`, which builds the URL at the moment a connection is opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from relay import http11
+from relay.config import Config, ConfigError
+from relay.events import EventLog
+from relay.failover import HealthMemory, Slots
+from relay.server import HttpProtocol, Request
+from relay.session import ChannelSession, Shared
+from relay.store import Store
+
+log = logging.getLogger("relay")
+
+Handler = Callable[[HttpProtocol, Request], None]
+
+
+class Relay:
+    def __init__(self, cfg: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.wall_clock = wall_clock
+        self.store: Store | None = None
+        self.events: EventLog | None = None
+        self.shared: Shared | None = None
+        self.sessions: set[ChannelSession] = set()
+        self.connections: set[HttpProtocol] = set()
+        self.server: asyncio.base_events.Server | None = None
+        self.started_at = 0.0
+        self.host = cfg.server.host
+        self.port = cfg.server.port
+        self._by_number = {c.number: c.id for c in cfg.channels}
+        self.routes: dict[str, tuple[tuple[str, ...], Handler]] = {
+            "/health": (("GET", "HEAD"), self._health),
+        }
+        self.prefixes: list[tuple[str, tuple[str, ...], Callable[[HttpProtocol, Request, str], None]]] = [
+            ("/stream/", ("GET", "HEAD"), self._stream),
+            ("/auto/v", ("GET", "HEAD"), self._auto),
+        ]
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open storage, sync the config into it, and listen. Port in use is a ConfigError."""
+        loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        db = cfg.path(cfg.storage.database)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        self.store = Store(db)
+        self.store.sync_config(cfg)
+        self.events = EventLog(cfg.path(cfg.storage.events), db, clock=self.wall_clock)
+        await self.events.open()
+        self.shared = Shared(
+            config=cfg,
+            events=self.events,
+            health=HealthMemory(),
+            slots=Slots({a.name: a.max_connections for a in cfg.accounts}),
+            clock=loop.time,
+        )
+        try:
+            self.server = await loop.create_server(
+                self._protocol, cfg.server.host, cfg.server.port, reuse_address=True, backlog=1024
+            )
+        except OSError as e:
+            await self.events.close()
+            self.store.close()
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"server.port: {cfg.server.host}:{cfg.server.port} is already in use"
+                ) from None
+            raise ConfigError(
+                f"server.host: cannot listen on {cfg.server.host}:{cfg.server.port} ({e.strerror})"
+            ) from None
+        sock = self.server.sockets[0].getsockname()
+        self.port = sock[1]
+        self.started_at = loop.time()
+        log.info("listening on http://%s:%d", _host_for_url(cfg.server.host), self.port)
+
+    async def stop(self) -> None:
+        """Stop accepting, end every stream cleanly, flush every event to both sinks."""
+        if self.server is not None:
+            self.server.close()
+        for s in list(self.sessions):
+            s.close("Shutdown")
+        for c in list(self.connections):
+            c.close()
+        if self.server is not None:
+            await self.server.wait_closed()
+            self.server = None
+        if self.events is not None:
+            await self.events.close()
+        if self.store is not None:
+            self.store.close()
+
+    def _protocol(self) -> HttpProtocol:
+        p = HttpProtocol(
+            self.route,
+            max_head_bytes=self.cfg.server.max_head_bytes,
+            header_timeout_s=self.cfg.server.header_timeout_s,
+            on_close=self.connections.discard,
+        )
+        self.connections.add(p)
+        return p
+
+    # ---- routing ------------------------------------------------------------------------------
+
+    def route(self, proto: HttpProtocol, req: Request) -> None:
+        entry = self.routes.get(req.path)
+        if entry is not None:
+            methods, handler = entry
+            if req.method not in methods:
+                proto.respond(http11.error(405, headers=[("Allow", ", ".join(methods))]), keep_alive=False)
+                return
+            handler(proto, req)
+            return
+        for prefix, methods, phandler in self.prefixes:
+            if req.path.startswith(prefix):
+                if req.method not in methods:
+                    proto.respond(
+                        http11.error(405, headers=[("Allow", ", ".join(methods))]), keep_alive=False
+                    )
+                    return
+                phandler(proto, req, req.path[len(prefix) :])
+                return
+        proto.respond(http11.error(404, "Not found"), keep_alive=False)
+
+    def json(self, proto: HttpProtocol, req: Request, body: Any, status: int = 200) -> None:
+        proto.respond(
+            http11.response(
+                status,
+                orjson.dumps(body),
+                "application/json",
+                keep_alive=req.keep_alive,
+                head_only=req.head_only,
+            ),
+            keep_alive=req.keep_alive,
+        )
+
+    def _health(self, proto: HttpProtocol, req: Request) -> None:
+        loop = asyncio.get_running_loop()
+        self.json(
+            proto,
+            req,
+            {
+                "status": "ok",
+                "uptime_s": round(loop.time() - self.started_at, 1),
+                "sessions": len(self.sessions),
+                "channels": len(self.cfg.channels),
+            },
+        )
+
+    # ---- streams ------------------------------------------------------------------------------
+
+    def _auto(self, proto: HttpProtocol, req: Request, number: str) -> None:
+        channel = self._by_number.get(number)
+        if channel is None:
+            proto.respond(http11.error(404, "Unknown channel"), keep_alive=False)
+            return
+        self._stream(proto, req, channel)
+
+    def _stream(self, proto: HttpProtocol, req: Request, channel: str) -> None:
+        ch = self.cfg.channel(channel)
+        if ch is None:
+            proto.respond(http11.error(404, "Unknown channel"), keep_alive=False)
+            return
+        if req.head_only:
+            proto.respond(http11.stream_head("video/mp2t", chunked=proto.chunked), keep_alive=False)
+            return
+        assert self.store is not None and self.shared is not None
+        candidates = self.store.candidates(ch.id)
+        session = ChannelSession(ch.id, candidates, self.shared, self.sessions.discard)
+        self.sessions.add(session)
+        proto.streaming = True
+        proto.session = session
+        session.add_output(proto)
+        session.start()
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def run(cfg: Config, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set."""
+    relay = Relay(cfg)
+    await relay.start()
+    try:
+        await stop.wait()
+    finally:
+        await relay.stop()

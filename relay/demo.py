@@ -1,0 +1,208 @@
+"""`relay demo`: the relay on a built-in demo provider, so a newcomer sees (and hears) a failover.
+
+Two fake Xtream accounts on 127.0.0.1 serve generated test-pattern MPEG-TS: account demo-a at a
+440 Hz tone, demo-b at 880 Hz, so the switch is audible. Every `fault_every_s` the demo breaks the
+primary of a channel (drop, stall or a 503 for a while, in turn): the relay fails over to the
+backup inside the same response, then upgrades back once the primary has recovered. The demo
+talks to nothing but 127.0.0.1. It needs ffmpeg to make its media.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relay.config import ConfigError, parse
+
+log = logging.getLogger("relay.demo")
+
+CLIP_SECONDS = 30
+
+
+def make_clip(path: Path, *, tone_hz: int, pattern: str) -> Path:
+    """A looping-friendly H.264 + AAC test clip, made once and cached."""
+    if path.exists():
+        return path
+    if shutil.which("ffmpeg") is None:
+        raise ConfigError("demo: ffmpeg is needed to make the demo's video (apt-get install ffmpeg)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.ts")
+    cmd = [
+        "ffmpeg", "-v", "error", "-y",
+        "-f", "lavfi", "-i", f"{pattern}=size=640x360:rate=25",
+        "-f", "lavfi", "-i", f"sine=frequency={tone_hz}:sample_rate=48000",
+        "-t", str(CLIP_SECONDS),
+        "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "25", "-b:v", "800k",
+        "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k",
+        "-f", "mpegts", "-mpegts_flags", "+resend_headers", str(tmp),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True)
+    tmp.rename(path)
+    return path
+
+
+@dataclass
+class DemoStream:
+    clip: bytes
+    mode: str = "ok"  # ok | error
+    live: set[asyncio.StreamWriter] = field(default_factory=set)
+    stalled: set[asyncio.StreamWriter] = field(default_factory=set)
+
+
+class DemoProvider:
+    """A tiny Xtream-like live endpoint: /live/{user}/{pass}/{id}.ts, paced at the clip's rate."""
+
+    def __init__(self, username: str, password: str, streams: dict[int, bytes]) -> None:
+        self.username = username
+        self.password = password
+        self.streams = {sid: DemoStream(clip) for sid, clip in streams.items()}
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        for s in self.streams.values():
+            for w in list(s.live):
+                w.close()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    def break_stream(self, sid: int, how: str) -> None:
+        s = self.streams[sid]
+        if how == "stall":
+            s.stalled |= s.live
+        else:
+            for w in list(s.live):
+                w.transport.abort()
+        if how == "error":
+            s.mode = "error"
+
+    def heal(self, sid: int) -> None:
+        self.streams[sid].mode = "ok"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            parts = head.split(b" ", 2)
+            path = parts[1].decode("latin-1") if len(parts) > 1 else ""
+            segs = path.split("?")[0].split("/")
+            if len(segs) != 5 or segs[1] != "live" or (segs[2], segs[3]) != (self.username, self.password):
+                writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
+            sid = int(segs[4].removesuffix(".ts")) if segs[4].removesuffix(".ts").isdigit() else -1
+            stream = self.streams.get(sid)
+            if stream is None or stream.mode == "error":
+                code = b"404 Not Found" if stream is None else b"503 Service Unavailable"
+                writer.write(b"HTTP/1.1 " + code + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nConnection: close\r\n\r\n")
+            stream.live.add(writer)
+            try:
+                await self._pace(stream, writer)
+            finally:
+                stream.live.discard(writer)
+                stream.stalled.discard(writer)
+        with contextlib.suppress(Exception):
+            writer.close()
+
+    async def _pace(self, stream: DemoStream, writer: asyncio.StreamWriter) -> None:
+        clip = stream.clip
+        rate = len(clip) / CLIP_SECONDS
+        step = int(rate * 0.04) // 188 * 188 or 188
+        loop = asyncio.get_running_loop()
+        t0, sent, pos = loop.time(), 0, 0
+        while not writer.is_closing():
+            if writer in stream.stalled:
+                await asyncio.sleep(0.1)
+                continue
+            end = min(pos + step, len(clip))
+            writer.write(clip[pos:end])
+            sent += end - pos
+            pos = 0 if end >= len(clip) else end
+            await writer.drain()
+            delay = t0 + sent / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+
+DEMO_CHANNELS = [("demo.one", "Demo One", "1", "testsrc2"), ("demo.two", "Demo Two", "2", "smptebars")]
+
+
+async def run_demo(stop: asyncio.Event, *, port: int = 5004, fault_every_s: float = 20.0) -> None:
+    from relay.app import Relay
+
+    home = Path(tempfile.gettempdir()) / "relay-demo"
+    media = home / "media"
+    loop = asyncio.get_running_loop()
+    clips: dict[str, dict[int, bytes]] = {"a": {}, "b": {}}
+    for i, (_, _, _, pattern) in enumerate(DEMO_CHANNELS, start=1):
+        for acc, tone in (("a", 440), ("b", 880)):
+            path = media / f"{pattern}-{tone}.ts"
+            await loop.run_in_executor(
+                None, lambda p=path, t=tone, pat=pattern: make_clip(p, tone_hz=t, pattern=pat)
+            )
+            clips[acc][100 * i + (0 if acc == "a" else 1)] = path.read_bytes()
+    providers = {acc: DemoProvider(f"demo-{acc}", "demo-password", clips[acc]) for acc in ("a", "b")}
+    for p in providers.values():
+        await p.start()
+    cfg = parse(
+        {
+            "server": {"host": "127.0.0.1", "port": port},
+            "storage": {"database": str(home / "relay.db"), "events": str(home / "events.jsonl")},
+            "failover": {"upgrade_after_s": 30},
+            "accounts": [
+                {
+                    "name": f"demo-{acc}",
+                    "url": f"http://127.0.0.1:{p.port}",
+                    "username": f"demo-{acc}",
+                    "password": "demo-password",
+                }
+                for acc, p in providers.items()
+            ],
+            "channels": [
+                {
+                    "id": cid,
+                    "name": name,
+                    "number": num,
+                    "streams": [
+                        {"account": "demo-a", "stream_id": 100 * i, "priority": 0},
+                        {"account": "demo-b", "stream_id": 100 * i + 1, "priority": 1},
+                    ],
+                }
+                for i, (cid, name, num, _) in enumerate(DEMO_CHANNELS, start=1)
+            ],
+        },
+        base_dir=home,
+    )
+    relay = Relay(cfg)
+    await relay.start()
+    base = f"http://127.0.0.1:{relay.port}"
+    log.info("demo: play %s/stream/demo.one (e.g. ffplay or VLC); 440 Hz = primary, 880 Hz = backup", base)
+    log.info("demo: events go to %s", home / "events.jsonl")
+    faults = itertools.cycle(["drop", "stall", "error"])
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), fault_every_s)
+                break
+            how = next(faults)
+            for i in range(1, len(DEMO_CHANNELS) + 1):
+                providers["a"].break_stream(100 * i, how)
+            log.info("demo: breaking the primaries (%s)", how)
+            if how == "error":
+                loop.call_later(fault_every_s / 2, lambda: [providers["a"].heal(100 * i) for i in (1, 2)])
+    finally:
+        await relay.stop()
+        for p in providers.values():
+            await p.close()

@@ -1,0 +1,495 @@
+"""The XMLTV guide served at /xmltv.xml: fetched, re-keyed to the relay's channel ids, cached on disk.
+
+Owns: reading the guide sources (`guide:` files and URLs, else each active account's xmltv.php),
+rewriting them into one XMLTV file whose channels are exactly the configured ones (ids from
+`hdhomerun.guide_id`, display-names for the number and the name, `<lcn>`), and keeping that file and a
+gzip'd sibling on disk, rebuilt in a worker thread every `refresh_h` hours.
+
+Theory of operation: a build streams each source through `ElementTree.iterparse`, clearing every
+element once handled, and appends the kept programmes to a temporary body file; then it writes the
+header and the channels, copies the body behind them into both outputs, and renames them into place.
+A guide of any size therefore costs a few element trees of memory, and a reader that already opened
+the old file keeps reading it. A failed build keeps the previous files.
+
+Must never: hold a whole guide in memory, block the event loop, or put account credentials in a log
+line or an error (URLs are redacted, error texts scrubbed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TextIO
+
+from relay.config import DEFAULT_USER_AGENT, ChannelConfig, Config
+from relay.hdhomerun import guide_id, sorted_channels, xml_attr, xml_text
+
+DEFAULT_REFRESH_H = 6.0
+RETRY_AFTER_FAILURE_S = 900.0  # a failed refresh is retried sooner than the next regular one
+FETCH_TIMEOUT_S = 60.0
+MAX_SOURCE_BYTES = 4 << 30  # decompressed; a guide bigger than this is a mistake or an attack
+CHUNK = 1 << 20
+
+Opener = Callable[[str, str], IO[bytes]]  # (url, user_agent) -> readable binary stream
+
+
+class GuideBuildError(Exception):
+    """No guide source could be read; str() is safe to log (credentials scrubbed)."""
+
+
+class _Cancelled(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources and redaction
+
+_SECRET_KEYS = re.compile(r"(?i)^(user(name)?|pass(word)?|pwd|token|key|api_?key|auth|secret)$")
+
+
+@dataclass(frozen=True)
+class Source:
+    label: str  # what logs may show: a file path or a redacted URL
+    url: str | None = None
+    path: Path | None = None
+    user_agent: str = DEFAULT_USER_AGENT
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    def scrub(self, text: str) -> str:
+        """`text` with every credential of this source (raw or URL-quoted) replaced by ***."""
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            if len(secret) >= 2:
+                for form in {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}:
+                    text = text.replace(form, "***")
+        return text
+
+
+def redact_url(url: str) -> str:
+    """The URL with user-info and credential-like query values replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    if "@" in parts.netloc:
+        netloc = "***@" + netloc
+    query = "&".join(
+        f"{k}=***" if _SECRET_KEYS.match(k) else f"{k}={v}"
+        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _url_secrets(url: str) -> tuple[str, ...]:
+    parts = urllib.parse.urlsplit(url)
+    found = [v for k, v in urllib.parse.parse_qsl(parts.query) if _SECRET_KEYS.match(k)]
+    found += [s for s in (parts.username, parts.password) if s]
+    return tuple(found)
+
+
+def guide_sources(cfg: Config) -> list[Source]:
+    """`guide:` entries in order; when there are none, each active account's xmltv.php."""
+    out: list[Source] = []
+    for g in cfg.guide:
+        if g.file is not None:
+            p = cfg.path(g.file)
+            out.append(Source(label=str(p), path=p))
+        elif g.url is not None:
+            out.append(Source(label=redact_url(g.url), url=g.url, secrets=_url_secrets(g.url)))
+    if out:
+        return out
+    for a in cfg.accounts:
+        if not a.active:
+            continue
+        query = urllib.parse.urlencode({"username": a.username, "password": a.password})
+        url = f"{a.url}/xmltv.php?{query}"
+        out.append(
+            Source(
+                label=f"account {a.name} ({redact_url(url)})",
+                url=url,
+                user_agent=a.user_agent,
+                secrets=(a.username, a.password, *_url_secrets(a.url)),
+            )
+        )
+    return out
+
+
+def http_open(url: str, user_agent: str) -> IO[bytes]:
+    req = urllib.request.Request(url, headers={"User-Agent": user_agent, "Accept-Encoding": "gzip"})
+    resp: IO[bytes] = urllib.request.urlopen(req, timeout=FETCH_TIMEOUT_S)
+    return resp
+
+
+class _Reader:
+    """A read-only stream: first `prefix`, then `raw`; counts bytes and honours a cancel flag."""
+
+    def __init__(self, raw: IO[bytes], prefix: bytes, limit: int, cancel: threading.Event) -> None:
+        self._raw = raw
+        self._prefix = prefix
+        self._left = limit
+        self._cancel = cancel
+
+    def read(self, n: int = -1) -> bytes:
+        if self._cancel.is_set():
+            raise _Cancelled
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+        else:
+            data = self._raw.read(n if n is not None and n >= 0 else CHUNK)
+        self._left -= len(data)
+        if self._left < 0:
+            raise GuideBuildError("source larger than the size limit")
+        return data
+
+
+def _open_stream(raw: IO[bytes], cancel: threading.Event) -> _Reader:
+    """Wrap a source stream, transparently gunzipping it when it starts with the gzip magic."""
+    head = raw.read(2)
+    outer = _Reader(raw, head, MAX_SOURCE_BYTES, cancel)
+    if head == b"\x1f\x8b":
+        inner: IO[bytes] = gzip.GzipFile(fileobj=outer, mode="rb")  # type: ignore[arg-type]
+        return _Reader(inner, b"", MAX_SOURCE_BYTES, cancel)
+    return outer
+
+
+# ---------------------------------------------------------------------------------------------
+# Rewriting
+
+_TIME = re.compile(r"\s*(\d{4,14})\s*(?:([+-])(\d\d):?(\d\d)|(Z|UTC|GMT))?\s*")
+_TIME_DEFAULTS = "0101000000"  # month, day, hour, minute, second for a timestamp prefix
+
+
+def normalise_time(value: str) -> str | None:
+    """An XMLTV timestamp as "YYYYMMDDhhmmss +hhmm" (a missing zone is UTC); None if unreadable."""
+    m = _TIME.fullmatch(value)
+    if m is None or len(m.group(1)) % 2:
+        return None
+    digits = m.group(1)
+    digits += _TIME_DEFAULTS[len(digits) - 4 :]
+    offset = f"{m.group(2)}{m.group(3)}{m.group(4)}" if m.group(2) else "+0000"
+    return f"{digits} {offset}"
+
+
+@dataclass
+class _BuildState:
+    relay_ids: dict[str, str]  # source channel id (config `id`) -> relay guide id
+    claimed: dict[str, int] = field(default_factory=dict)  # source channel id -> index of its source
+    icons: dict[str, str] = field(default_factory=dict)
+    programmes: int = 0
+    bad_times: int = 0
+
+
+def _copy_programmes(stream: _Reader, index: int, state: _BuildState, out: TextIO) -> None:
+    """Stream one source: keep the programmes of configured channels, re-keyed, into `out`.
+
+    A channel's programmes come from the first source (in order) that has any, so two accounts
+    serving the same guide do not double every programme.
+    """
+    depth = 0
+    root: ET.Element | None = None
+    for event, elem in ET.iterparse(stream, events=("start", "end")):
+        if event == "start":
+            if root is None:
+                root = elem
+            depth += 1
+            continue
+        depth -= 1
+        if depth != 1 or root is None:
+            continue  # inside a child of <tv>: handled with its parent; or </tv> itself
+        if elem.tag == "programme":
+            _keep_programme(elem, index, state, out)
+        elif elem.tag == "channel":
+            cid = elem.get("id")
+            icon = elem.find("icon")
+            if cid in state.relay_ids and cid not in state.icons and icon is not None and icon.get("src"):
+                state.icons[cid] = icon.get("src", "")
+        root.clear()  # drop the handled child: memory stays at one programme
+
+
+def _keep_programme(elem: ET.Element, index: int, state: _BuildState, out: TextIO) -> None:
+    src_id = elem.get("channel", "")
+    relay_id = state.relay_ids.get(src_id)
+    if relay_id is None or state.claimed.setdefault(src_id, index) != index:
+        return
+    start = normalise_time(elem.get("start", ""))
+    if start is None:
+        state.bad_times += 1
+        return
+    elem.set("start", start)
+    elem.set("channel", relay_id)
+    stop = elem.get("stop")
+    if stop is not None:
+        norm_stop = normalise_time(stop)
+        if norm_stop is None:
+            del elem.attrib["stop"]
+        else:
+            elem.set("stop", norm_stop)
+    elem.tail = None
+    out.write("  ")
+    out.write(ET.tostring(elem, encoding="unicode"))
+    out.write("\n")
+    state.programmes += 1
+
+
+def _channel_xml(ch: ChannelConfig, icon: str | None) -> str:
+    lines = [
+        f"  <channel id={xml_attr(guide_id(ch))}>",
+        f"    <display-name>{xml_text(ch.number)}</display-name>",
+        f"    <display-name>{xml_text(ch.name)}</display-name>",
+    ]
+    if icon:
+        lines.append(f"    <icon src={xml_attr(icon)} />")
+    lines.append(f"    <lcn>{xml_text(ch.number)}</lcn>")
+    lines.append("  </channel>")
+    return "\n".join(lines) + "\n"
+
+
+_HEADER = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<!DOCTYPE tv SYSTEM "xmltv.dtd">\n'
+    '<tv generator-info-name="relay">\n'
+)
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    programmes: int
+    channels: int
+    channels_without_programmes: tuple[str, ...]  # config ids
+    sources_ok: int
+    errors: tuple[str, ...]  # one scrubbed line per failed source
+    bad_times: int
+    seconds: float
+
+
+def build_guide(
+    channels: Sequence[ChannelConfig],
+    sources: Sequence[Source],
+    xml_path: Path,
+    gz_path: Path,
+    *,
+    opener: Opener = http_open,
+    cancel: threading.Event | None = None,
+) -> BuildReport:
+    """Build the guide into xml_path and gz_path (blocking; run it in a worker thread).
+
+    Raises GuideBuildError, leaving the existing files alone, when there were sources and none
+    could be read.
+    """
+    began = time.monotonic()
+    cancel = cancel or threading.Event()
+    ordered = sorted_channels(channels)
+    state = _BuildState(relay_ids={ch.id: guide_id(ch) for ch in ordered})
+    errors: list[str] = []
+    ok = 0
+    folder = xml_path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    temps: list[Path] = []
+
+    def temp(suffix: str) -> Path:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".xmltv-", suffix=suffix)
+        os.close(fd)
+        temps.append(Path(name))
+        return temps[-1]
+
+    try:
+        body = temp(".body.tmp")
+        with body.open("w", encoding="utf-8", newline="\n") as out:
+            for index, src in enumerate(sources):
+                try:
+                    raw = (
+                        src.path.open("rb") if src.path is not None else opener(src.url or "", src.user_agent)
+                    )
+                    with raw:
+                        _copy_programmes(_open_stream(raw, cancel), index, state, out)
+                    ok += 1
+                except _Cancelled:
+                    raise
+                except Exception as e:  # a source's failure is reported, the others still count
+                    errors.append(src.scrub(f"{src.label}: {_describe(e)}"))
+        if sources and not ok:
+            raise GuideBuildError("; ".join(errors) or "no guide source could be read")
+        xml_tmp, gz_tmp = temp(".xml.tmp"), temp(".gz.tmp")
+        with xml_tmp.open("wb") as x, gzip.open(gz_tmp, "wb", compresslevel=6) as g:
+
+            def put(data: bytes) -> None:
+                x.write(data)
+                g.write(data)
+
+            put(_HEADER.encode())
+            put("".join(_channel_xml(ch, state.icons.get(ch.id)) for ch in ordered).encode("utf-8"))
+            with body.open("rb") as b:
+                while chunk := b.read(CHUNK):
+                    put(chunk)
+            put(b"</tv>\n")
+        os.replace(xml_tmp, xml_path)
+        os.replace(gz_tmp, gz_path)
+    finally:
+        for t in temps:
+            with contextlib.suppress(FileNotFoundError):
+                t.unlink()
+    return BuildReport(
+        programmes=state.programmes,
+        channels=len(ordered),
+        channels_without_programmes=tuple(ch.id for ch in ordered if ch.id not in state.claimed),
+        sources_ok=ok,
+        errors=tuple(errors),
+        bad_times=state.bad_times,
+        seconds=time.monotonic() - began,
+    )
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, ET.ParseError):
+        return f"not valid XML ({e})"
+    text = str(e) or type(e).__name__
+    return text if isinstance(e, GuideBuildError) else f"{type(e).__name__}: {text}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache the server reads
+
+
+@dataclass(frozen=True)
+class GuideFiles:
+    xml: Path  # serve with Content-Type: application/xml
+    gz: Path  # the same document gzip'd: serve with Content-Encoding: gzip when accepted
+    built_at: float  # Unix time, for Last-Modified
+
+
+class GuideCache:
+    """The on-disk /xmltv.xml, rebuilt in the background every `refresh_h` hours.
+
+    `start()` makes sure a file exists at once (the previous run's, else a channels-only guide) and
+    schedules the builds; `current()` is what the server opens and streams.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        refresh_h: float = DEFAULT_REFRESH_H,
+        cache_dir: Path | None = None,
+        log: logging.Logger | None = None,
+        opener: Opener = http_open,
+    ) -> None:
+        self._cfg = cfg
+        self._refresh_s = refresh_h * 3600.0
+        folder = cache_dir if cache_dir is not None else cfg.path(cfg.storage.database).parent
+        self.xml_path = folder / "xmltv.xml"
+        self.gz_path = folder / "xmltv.xml.gz"
+        self._log = log or logging.getLogger("relay.guide")
+        self._opener = opener
+        self._cancel = threading.Event()
+        self._lock: asyncio.Lock | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.last_report: BuildReport | None = None
+        self.last_error: str | None = None
+
+    def current(self) -> GuideFiles | None:
+        """The files to serve, or None before anything was built."""
+        try:
+            built = self.xml_path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return GuideFiles(self.xml_path, self.gz_path, built) if self.gz_path.exists() else None
+
+    def path(self, gzipped: bool = False) -> Path | None:
+        files = self.current()
+        if files is None:
+            return None
+        return files.gz if gzipped else files.xml
+
+    def ensure_placeholder(self) -> None:
+        """Write a channels-only guide if none is on disk (small, quick, synchronous)."""
+        if self.current() is None:
+            build_guide(self._cfg.channels, (), self.xml_path, self.gz_path, cancel=self._cancel)
+
+    def _build(self) -> BuildReport:
+        return build_guide(
+            self._cfg.channels,
+            guide_sources(self._cfg),
+            self.xml_path,
+            self.gz_path,
+            opener=self._opener,
+            cancel=self._cancel,
+        )
+
+    async def refresh(self) -> bool:
+        """Rebuild now in a worker thread; True on success. Logs one line, plus one per failed source."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            try:
+                report = await asyncio.to_thread(self._build)
+            except GuideBuildError as e:
+                self.last_error = str(e)
+                self._log.warning("guide: refresh failed, keeping the previous guide: %s", e)
+                return False
+            except _Cancelled:
+                return False
+            self.last_report, self.last_error = report, None
+            self._log_report(report)
+            return True
+
+    def _log_report(self, r: BuildReport) -> None:
+        for err in r.errors:
+            self._log.warning("guide: source failed: %s", err)
+        self._log.info(
+            "guide: %d programmes for %d/%d channels from %d source(s) in %.1f s",
+            r.programmes,
+            r.channels - len(r.channels_without_programmes),
+            r.channels,
+            r.sources_ok,
+            r.seconds,
+        )
+        if r.channels_without_programmes and r.sources_ok:
+            shown = ", ".join(r.channels_without_programmes[:10])
+            more = len(r.channels_without_programmes) - 10
+            self._log.info(
+                "guide: no programmes for channel id(s) %s%s (the id must equal the source's channel id)",
+                shown,
+                f" and {more} more" if more > 0 else "",
+            )
+        if r.bad_times:
+            self._log.info("guide: dropped %d programme(s) with an unreadable start time", r.bad_times)
+
+    async def _run(self) -> None:
+        while True:
+            ok = await self.refresh()
+            await asyncio.sleep(self._refresh_s if ok else min(self._refresh_s, RETRY_AFTER_FAILURE_S))
+
+    def start(self) -> asyncio.Task[None]:
+        """Ensure a file to serve, then refresh now and every refresh_h hours in the background."""
+        self._cleanup_temps()
+        self._cancel = threading.Event()  # a build still finishing from before keeps its own flag
+        try:
+            self.ensure_placeholder()
+        except OSError as e:
+            self._log.warning("guide: cannot write %s (%s)", self.xml_path, e.strerror)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="guide-refresh")
+        return self._task
+
+    async def stop(self) -> None:
+        """Stop refreshing; a build in progress gives up at its next chunk."""
+        self._cancel.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _cleanup_temps(self) -> None:
+        for stale in self.xml_path.parent.glob(".xmltv-*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()

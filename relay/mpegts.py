@@ -1,0 +1,1197 @@
+"""MPEG-TS alignment and seamless splicing, sans-IO: bytes in, bytes out.
+
+This module owns everything the relay does *inside* the transport stream. It never touches a socket,
+an event loop or a clock: time comes in as `now` (seconds, any monotonic origin), so every rule below
+is a unit test. Names follow ISO/IEC 13818-1 (continuity_counter, discontinuity_indicator, PAT, PMT...).
+
+Public API
+----------
+``PacketAligner(sync_packets=5)``, one per upstream connection:
+    ``feed(data) -> list[memoryview]``: whole 188-byte packets, as views sliced from ``data`` without
+    copying (only the <=187-byte carry-over of the previous call is copied). Sync is 0x47 at a 188-byte
+    stride over ``sync_packets`` packets; after garbage it resyncs and never emits a partial packet.
+    ``synced: bool`` and ``garbage_bytes: int`` (bytes discarded) let the caller fail an upstream that
+    never syncs (an HTML page sent with HTTP 200).
+
+``Splicer(keyframe_wait_s=1.0, no_video_s=3.0, enabled=True)``, one per channel session; it owns the
+output program the client sees:
+    ``feed(packets, now) -> list[bytes | memoryview]``: aligned packets of the current upstream in,
+    packets ready to write out (empty while waiting for PSI or a keyframe, or while holding a PES).
+    The returned views stay valid; nothing is written into the caller's buffers.
+    ``switch(now)``: the next packets fed come from a new upstream (failover or upgrade). The current
+    unfinished PES of each stream is dropped; the rest goes out with the next ``feed``/``bridge``.
+    ``entered: bool``: the current upstream's clean entry is done (PAT+PMT then a keyframe went out);
+    the session measures its switch time until this. ``last_entry_wait_s``: how long that took.
+    ``bridge(now) -> bytes``: null packets (plus PAT/PMT every ``bridge_psi_interval_s``) to keep a
+    client's demuxer fed during a gap; b"" until the session's first real output.
+    ``health(now) -> str | None``: ``"NoVideo"`` when the program had video and the current upstream's
+    video PID is silent for ``no_video_s`` while audio flows, or its PMT has no video stream.
+    ``enabled=False``: passthrough (alignment only) so the difference can be measured.
+
+Theory of operation (Splicer)
+-----------------------------
+- Output PIDs are stable. The first upstream's PMT PID, program_number and elementary PIDs become the
+  output's. A later upstream's elementary streams are matched *by stream type and order* onto those
+  output PIDs. A stream type never seen before gets a PID of its own: ffmpeg keeps the codec of a PID
+  it already knows, so H.264 -> MPEG-2 on one PID decodes as garbage, while a new PID becomes a new,
+  correctly decoded stream. The PMT is regenerated (CRC-32/MPEG-2) and its version_number is bumped
+  only when its content really changes. The PAT never changes.
+- continuity_counter: each output PID continues from where the client saw it. A per-PID delta is
+  fixed at entry and added to the upstream's own counters, so an upstream's own CC errors stay visible.
+- Timeline: the first upstream's timestamps pass unchanged. A later one is rebased so that its first
+  video DTS lands one frame after the last output video DTS (mod 2^33); PCR, PTS and DTS all get the
+  same offset, and the first PCR packet after a switch carries discontinuity_indicator. Other streams
+  enter at their first PES whose rebased PTS is after their last output PTS (monotonic per PID).
+- Hold: output is released up to the earliest start of a PES that is not known to be complete (video:
+  until its next PES starts, i.e. one frame; audio: until PES_packet_length bytes arrived). At a
+  switch those unfinished PES are dropped, so a frame cut by a dying upstream never reaches the client.
+  A hold older than ``hold_max_s`` lapses, so a stuck PID cannot stall the output.
+- Clean entry: after a switch nothing goes out until the PMT is known and a video PES starts at a
+  random-access point (random_access_indicator, or an H.264 IDR/SPS, HEVC IRAP/VPS/SPS, MPEG-2 sequence
+  header/GOP/I-picture in its first packet). Our PAT and PMT go out right before it. After
+  ``keyframe_wait_s`` from the upstream's first packet, any video PES start is accepted.
+- Fast path: between switches a chunk is handled column-wise: header bytes 1-3 of all packets are
+  gathered with strided memoryview slices, classified by PID through 256-entry translate tables and
+  big-integer lane arithmetic, and written back in place; only PES starts, PCRs, PSI, audio (PES length
+  counting) and unknown PIDs are looked at one by one. Other PIDs than the program's (SDT, EIT, other
+  services) are dropped; null packets pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+TS_PACKET_SIZE = 188
+SYNC_BYTE = 0x47
+PAT_PID = 0x0000
+NULL_PID = 0x1FFF
+PTS_MODULUS = 1 << 33  # PTS/DTS and the PCR base are 33-bit counters of a 90 kHz clock
+NO_VIDEO = "NoVideo"
+
+NULL_PACKET = bytes([SYNC_BYTE, 0x1F, 0xFF, 0x10]) + b"\xff" * 184  # AFC=01 payload only, as 13818-1 wants
+
+_PKT = TS_PACKET_SIZE
+_SYNC = bytes([SYNC_BYTE])
+_DEFAULT_FRAME = 3600  # 90 kHz ticks of one 25 fps frame, until a stream shows its own
+_HALF = PTS_MODULUS >> 1
+
+VIDEO_STREAM_TYPES = frozenset({0x01, 0x02, 0x10, 0x1B, 0x1F, 0x20, 0x24, 0x33, 0x42, 0xD1, 0xEA})
+AUDIO_STREAM_TYPES = frozenset({0x03, 0x04, 0x0F, 0x11, 0x1C, 0x2D, 0x81, 0x82, 0x83, 0x84, 0x85, 0x87})
+_AUDIO_DESCRIPTORS = frozenset({0x6A, 0x7A, 0x7B, 0x7C})  # AC-3, E-AC-3, DTS, AAC (DVB, on type 0x06)
+_SUBTITLE_DESCRIPTORS = frozenset({0x56, 0x59})  # teletext, DVB subtitles
+_NO_PES_HEADER = frozenset({0xBC, 0xBE, 0xBF, 0xF0, 0xF1, 0xF2, 0xF8, 0xFF})  # stream_ids without PTS fields
+
+
+# --- CRC-32/MPEG-2 ------------------------------------------------------------------------------------
+
+
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for i in range(256):
+        crc = i << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
+        table.append(crc & 0xFFFFFFFF)
+    return tuple(table)
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc32_mpeg2(data: bytes | bytearray | memoryview) -> int:
+    """CRC-32/MPEG-2 (poly 0x04C11DB7, init ~0, no reflection); 0 over a whole section means intact."""
+    crc = 0xFFFFFFFF
+    table = _CRC_TABLE
+    for b in bytes(data):
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ table[(crc >> 24) ^ b]
+    return crc
+
+
+# --- Packet alignment ----------------------------------------------------------------------------------
+
+
+def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
+    view = memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+class PacketAligner:
+    """Cuts one upstream's byte stream into whole TS packets; one instance per upstream connection.
+
+    Zero-copy when synced: the output views are slices of the input, checked with one strided slice per
+    call (every 188th byte must be 0x47). A packet whose successor's sync byte is wrong is dropped with
+    the garbage (it was probably cut short). A packet that ends a call is emitted when its own sync byte
+    is right; its successor is checked on the next call.
+    """
+
+    def __init__(self, sync_packets: int = 5) -> None:
+        if sync_packets < 2:
+            raise ValueError("sync_packets must be >= 2")
+        self.sync_packets = sync_packets
+        self.synced = False
+        self.garbage_bytes = 0
+        self._carry = b""  # synced: a packet's first <188 bytes; unsynced: bytes still to search
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
+        """Return the whole packets completed by ``data``, as few views as possible."""
+        view: memoryview | None = _byte_view(data)
+        out: list[memoryview] = []
+        while view is not None:
+            if not self.synced:
+                view = self._search(view)
+                if view is None:
+                    break
+            view = self._aligned(view, out)
+        return out
+
+    def _search(self, view: memoryview) -> memoryview | None:
+        """Find sync_packets sync bytes at a 188 stride; return the data from there, or keep a tail.
+
+        The input is scanned through small windows and confirmed with strided slices, so the data
+        returned once synced is still a view of the caller's bytes.
+        """
+        k = self.sync_packets
+        span = (k - 1) * _PKT + 1
+        want = _SYNC * k
+        carry = self._carry
+        self._carry = b""
+        if carry:  # a candidate may start in the tail kept from the previous call
+            head = carry + bytes(view[:span])
+            i = head.find(_SYNC)
+            while 0 <= i < len(carry):
+                if len(head) - i < span:
+                    self.garbage_bytes += i
+                    self._carry = head[i:]
+                    return None
+                if head[i : i + span : _PKT] == want:
+                    self.garbage_bytes += i
+                    self.synced = True
+                    self._carry = carry[i:]
+                    return view
+                i = head.find(_SYNC, i + 1)
+            self.garbage_bytes += len(carry)
+        size = len(view)
+        pos, window = 0, 1024
+        while pos < size:
+            win = bytes(view[pos : pos + window])
+            j = win.find(_SYNC)
+            while j >= 0:
+                i = pos + j
+                if size - i < span:
+                    self.garbage_bytes += i
+                    self._carry = bytes(view[i:])
+                    return None
+                if bytes(view[i : i + span : _PKT]) == want:
+                    self.garbage_bytes += i
+                    self.synced = True
+                    return view[i:]
+                j = win.find(_SYNC, j + 1)
+            pos += len(win)
+            window = min(window * 2, 1 << 16)
+        self.garbage_bytes += size
+        return None
+
+    def _aligned(self, view: memoryview, out: list[memoryview]) -> memoryview | None:
+        """Emit packets of synced data; return the rest to search again if sync is lost, else None."""
+        if self._carry:
+            carry = self._carry
+            need = -len(carry) % _PKT
+            if len(view) < need:
+                self._carry += bytes(view)
+                return None
+            self._carry = b""
+            head = carry + bytes(view[:need])
+            syncs = head[::_PKT] + bytes(view[need : need + 1])
+            if syncs != _SYNC * len(syncs):
+                return self._lost(memoryview(head + bytes(view[need:])), syncs, out)
+            out.append(memoryview(head))
+            view = view[need:]
+        size = len(view)
+        whole = size - size % _PKT
+        syncs = bytes(view[0:size:_PKT])
+        if syncs == _SYNC * len(syncs):
+            if whole:
+                out.append(view[:whole])
+            if size > whole:
+                self._carry = bytes(view[whole:])
+            return None
+        return self._lost(view, syncs, out)
+
+    def _lost(self, view: memoryview, syncs: bytes, out: list[memoryview]) -> memoryview:
+        """Sync byte missing at a packet boundary: emit the packets before the cut one, search the rest."""
+        bad = len(syncs) - len(syncs.lstrip(_SYNC))  # first packet whose sync byte is wrong
+        good = max(bad - 1, 0)  # the packet before it was cut short: not emitted
+        if good:
+            out.append(view[: good * _PKT])
+        self.synced = False
+        skip = 1 if bad else 0
+        self.garbage_bytes += skip
+        return view[good * _PKT + skip :]
+
+
+# --- PSI: sections, PAT, PMT ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ElementaryStream:
+    """One row of a PMT's elementary stream loop."""
+
+    stream_type: int
+    elementary_PID: int
+    ES_info: bytes = b""
+
+
+@dataclass(frozen=True)
+class ProgramMap:
+    """The content of a PMT section (version_number aside: the Splicer owns the output's)."""
+
+    program_number: int
+    PCR_PID: int
+    program_info: bytes = b""
+    streams: tuple[ElementaryStream, ...] = ()
+
+    @property
+    def has_video(self) -> bool:
+        return any(stream_kind(es.stream_type, es.ES_info) == "video" for es in self.streams)
+
+
+def _descriptor_tags(info: bytes) -> list[int]:
+    tags, i = [], 0
+    while i + 2 <= len(info):
+        tags.append(info[i])
+        i += 2 + info[i + 1]
+    return tags
+
+
+def stream_kind(stream_type: int, es_info: bytes = b"") -> str:
+    """'video', 'audio' or 'data': what the hold, the keyframe gate and the NoVideo check care about."""
+    if stream_type in VIDEO_STREAM_TYPES:
+        return "video"
+    if stream_type in AUDIO_STREAM_TYPES:
+        return "audio"
+    if stream_type == 0x06 and _AUDIO_DESCRIPTORS.intersection(_descriptor_tags(es_info)):
+        return "audio"
+    return "data"
+
+
+def _es_key(es: ElementaryStream) -> tuple[int, ...]:
+    """What must match for two upstreams' streams to share an output PID: type (+ codec descriptor)."""
+    if es.stream_type == 0x06:
+        tags = sorted(
+            _AUDIO_DESCRIPTORS.union(_SUBTITLE_DESCRIPTORS).intersection(_descriptor_tags(es.ES_info))
+        )
+        return (0x06, *tags)
+    return (es.stream_type,)
+
+
+def _section(table_id: int, id_ext: int, version: int, body: bytes) -> bytes:
+    """A long-form PSI section (section_syntax_indicator=1, one section) with its CRC_32."""
+    length = 5 + len(body) + 4
+    head = bytes(
+        [
+            table_id,
+            0xB0 | (length >> 8),
+            length & 0xFF,
+            id_ext >> 8,
+            id_ext & 0xFF,
+            0xC1 | ((version & 0x1F) << 1),  # reserved, version_number, current_next_indicator=1
+            0,
+            0,
+        ]
+    )
+    data = head + body
+    return data + crc32_mpeg2(data).to_bytes(4, "big")
+
+
+def build_pat_section(
+    transport_stream_id: int, programs: Iterable[tuple[int, int]], version: int = 0
+) -> bytes:
+    """PAT (table_id 0x00) from (program_number, program_map_PID) pairs."""
+    body = b"".join(bytes([n >> 8, n & 0xFF, 0xE0 | (pid >> 8), pid & 0xFF]) for n, pid in programs)
+    return _section(0x00, transport_stream_id, version, body)
+
+
+def build_pmt_section(program: ProgramMap, version: int = 0) -> bytes:
+    """PMT (table_id 0x02) for ``program``."""
+    info = program.program_info
+    body = bytearray(
+        [0xE0 | (program.PCR_PID >> 8), program.PCR_PID & 0xFF, 0xF0 | (len(info) >> 8), len(info) & 0xFF]
+    )
+    body += info
+    for es in program.streams:
+        pid, es_info = es.elementary_PID, es.ES_info
+        body += bytes(
+            [es.stream_type, 0xE0 | (pid >> 8), pid & 0xFF, 0xF0 | (len(es_info) >> 8), len(es_info) & 0xFF]
+        )
+        body += es_info
+    return _section(0x02, program.program_number, version, bytes(body))
+
+
+def parse_pat(section: bytes) -> tuple[int, int, list[tuple[int, int]]]:
+    """(transport_stream_id, version_number, [(program_number, PID)]) of a CRC-checked PAT section."""
+    if section[0] != 0x00:
+        raise ValueError("not a PAT section")
+    end = len(section) - 4
+    programs = [
+        (int.from_bytes(section[i : i + 2], "big"), ((section[i + 2] & 0x1F) << 8) | section[i + 3])
+        for i in range(8, end - 3, 4)
+    ]
+    return int.from_bytes(section[3:5], "big"), (section[5] >> 1) & 0x1F, programs
+
+
+def parse_pmt(section: bytes) -> tuple[ProgramMap, int]:
+    """(ProgramMap, version_number) of a CRC-checked PMT section."""
+    if section[0] != 0x02:
+        raise ValueError("not a PMT section")
+    end = len(section) - 4
+    info_len = ((section[10] & 0x0F) << 8) | section[11]
+    i = 12 + info_len
+    streams = []
+    while i + 5 <= end:
+        es_len = ((section[i + 3] & 0x0F) << 8) | section[i + 4]
+        pid = ((section[i + 1] & 0x1F) << 8) | section[i + 2]
+        streams.append(ElementaryStream(section[i], pid, bytes(section[i + 5 : i + 5 + es_len])))
+        i += 5 + es_len
+    program = ProgramMap(
+        program_number=int.from_bytes(section[3:5], "big"),
+        PCR_PID=((section[8] & 0x1F) << 8) | section[9],
+        program_info=bytes(section[12 : 12 + info_len]),
+        streams=tuple(streams),
+    )
+    return program, (section[5] >> 1) & 0x1F
+
+
+def packetize_section(pid: int, section: bytes, continuity_counter: int = 0) -> list[bytearray]:
+    """TS packets carrying one section (pointer_field 0, 0xFF stuffing); CCs count up from the given one."""
+    data = b"\x00" + section
+    packets = []
+    for n, i in enumerate(range(0, len(data), 184)):
+        chunk = data[i : i + 184]
+        head = bytes(
+            [
+                SYNC_BYTE,
+                (0x40 if i == 0 else 0) | (pid >> 8),
+                pid & 0xFF,
+                0x10 | ((continuity_counter + n) & 0x0F),
+            ]
+        )
+        packets.append(bytearray(head + chunk + b"\xff" * (184 - len(chunk))))
+    return packets
+
+
+class SectionAssembler:
+    """Reassembles the PSI sections of one PID; returns each complete section whose CRC_32 checks."""
+
+    __slots__ = ("_active", "_buf")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._active = False
+
+    def push(self, packet: bytes | bytearray | memoryview) -> list[bytes]:
+        afc = (packet[3] >> 4) & 3
+        if not afc & 1:
+            return []
+        p = 4 + (1 + packet[4] if afc & 2 else 0)
+        if p >= _PKT:
+            return []
+        payload = bytes(packet[p:_PKT])
+        out: list[bytes] = []
+        if packet[1] & 0x40:
+            pointer = payload[0]
+            if self._active:
+                self._buf += payload[1 : 1 + pointer]
+                out += self._drain()
+            self._buf = bytearray(payload[1 + pointer :])
+            self._active = True
+        elif self._active:
+            self._buf += payload
+        else:
+            return out
+        out += self._drain()
+        if len(self._buf) > 4096:  # no PSI section is that long: lost a start, wait for the next
+            self._buf.clear()
+            self._active = False
+        return out
+
+    def _drain(self) -> list[bytes]:
+        out = []
+        buf = self._buf
+        while len(buf) >= 3:
+            if buf[0] == 0xFF:  # stuffing: nothing more in this unit
+                buf.clear()
+                self._active = False
+                break
+            length = 3 + (((buf[1] & 0x0F) << 8) | buf[2])
+            if len(buf) < length:
+                break
+            section = bytes(buf[:length])
+            del buf[:length]
+            if length > 7 and crc32_mpeg2(section) == 0:
+                out.append(section)
+        return out
+
+
+# --- PES, PCR, keyframes -------------------------------------------------------------------------------
+
+
+def read_timestamp(b: bytes | bytearray | memoryview, o: int) -> int:
+    """A 33-bit PTS/DTS from its 5-byte PES header field at offset ``o``."""
+    return ((b[o] >> 1) & 0x07) << 30 | b[o + 1] << 22 | (b[o + 2] >> 1) << 15 | b[o + 3] << 7 | b[o + 4] >> 1
+
+
+def write_timestamp(b: bytearray | memoryview, o: int, value: int) -> None:
+    """Rewrite a PTS/DTS field in place, keeping its 4-bit prefix and marker bits."""
+    b[o] = (b[o] & 0xF0) | ((value >> 29) & 0x0E) | 1
+    b[o + 1] = (value >> 22) & 0xFF
+    b[o + 2] = ((value >> 14) & 0xFE) | 1
+    b[o + 3] = (value >> 7) & 0xFF
+    b[o + 4] = ((value << 1) & 0xFE) | 1
+
+
+def read_pcr_base(b: bytes | bytearray | memoryview, o: int) -> int:
+    """The 33-bit program_clock_reference_base at offset ``o`` (the 9-bit extension is left alone)."""
+    return b[o] << 25 | b[o + 1] << 17 | b[o + 2] << 9 | b[o + 3] << 1 | b[o + 4] >> 7
+
+
+def write_pcr_base(b: bytearray | memoryview, o: int, base: int) -> None:
+    b[o] = (base >> 25) & 0xFF
+    b[o + 1] = (base >> 17) & 0xFF
+    b[o + 2] = (base >> 9) & 0xFF
+    b[o + 3] = (base >> 1) & 0xFF
+    b[o + 4] = ((base & 1) << 7) | (b[o + 4] & 0x7F)
+
+
+def payload_offset(b: bytes | bytearray | memoryview, off: int = 0) -> int:
+    """Offset (from the packet start) of the payload; >= 188 when the packet carries none."""
+    afc = (b[off + 3] >> 4) & 3
+    if not afc & 1:
+        return _PKT
+    return 4 + (1 + b[off + 4] if afc & 2 else 0)
+
+
+def is_random_access(
+    b: bytes | bytearray | memoryview, off: int, stream_type: int, pes: int | None = None
+) -> bool:
+    """Whether the packet at ``off`` starts a PES at a point a decoder can start from.
+
+    True on random_access_indicator, else on what the first packet's PES payload shows: H.264 IDR or
+    SPS, HEVC IRAP/VPS/SPS, MPEG-2 sequence header, GOP header or I-picture. Encoders put parameter
+    sets in front of every keyframe, so a keyframe whose first packet shows none relies on the RAI.
+    """
+    if (b[off + 3] & 0x20) and b[off + 4] and b[off + 5] & 0x40:
+        return True
+    p = payload_offset(b, off) if pes is None else pes
+    if p + 9 > _PKT:
+        return False
+    es = bytes(b[off + p + 9 + b[off + p + 8] : off + _PKT])
+    i = es.find(b"\x00\x00\x01")
+    while 0 <= i < len(es) - 3:
+        code = es[i + 3]
+        if stream_type == 0x1B:
+            if code & 0x1F in (5, 7):
+                return True
+        elif stream_type == 0x24:
+            if 16 <= (code >> 1) & 0x3F <= 23 or (code >> 1) & 0x3F in (32, 33):
+                return True
+        elif stream_type in (0x01, 0x02):
+            if code in (0xB3, 0xB8) or (code == 0 and i + 5 < len(es) and (es[i + 5] >> 3) & 7 == 1):
+                return True
+        else:
+            return False
+        i = es.find(b"\x00\x00\x01", i + 3)
+    return False
+
+
+def _later(a: int, b: int) -> bool:
+    """a is after b on the 33-bit wrapping 90 kHz clock."""
+    return 0 < (a - b) % PTS_MODULUS < _HALF
+
+
+# --- Splicer state -------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _OutStream:
+    """Per output PID: what the client's demuxer has seen; survives switches."""
+
+    pid: int
+    last_cc: int | None = None  # continuity_counter of the last packet let through
+    next_cc: int | None = None  # set at a switch: what the next payload packet must carry
+    pes_start: int | None = None  # output index of the current PES while it is held
+    pes_start_time: float = 0.0
+    pes_cc: int = 0  # continuity_counter of that PES's first packet
+    pes_remaining: int = -1  # bytes still due of a bounded audio PES; -1: unbounded
+    cur_pts: int | None = None
+    cur_dts: int | None = None
+    prev_pts: int | None = None
+    prev_dts: int | None = None
+    frame: int = _DEFAULT_FRAME
+
+
+@dataclass(slots=True)
+class _Route:
+    """How one upstream PID goes out."""
+
+    src_pid: int
+    out: _OutStream
+    stream_type: int
+    kind: str  # video | audio | data | pcr
+    is_ref: bool = False
+    entered: bool = False
+    cc_delta: int = 0
+
+
+@dataclass(slots=True)
+class _Tables:
+    """Translate tables of the fast path for the current routes (class = hi code << 4 | lo code)."""
+
+    hi: bytes
+    lo: bytes
+    kind: bytes  # per class: 0 fast, 1 look at each packet, 2 fast + look at each packet (PES counting)
+    new_hi: bytes
+    new_lo: bytes
+    delta: bytes
+    identity: bool
+    tracked: list[tuple[int, _OutStream]]  # class byte -> output stream, for last_cc
+
+
+@dataclass(slots=True)
+class _Upstream:
+    """What the Splicer knows of the current upstream; replaced at every switch."""
+
+    pat: SectionAssembler = field(default_factory=SectionAssembler)
+    pmt: SectionAssembler = field(default_factory=SectionAssembler)
+    program_number: int | None = None
+    pmt_pid: int | None = None
+    transport_stream_id: int = 1
+    program: ProgramMap | None = None
+    routes: dict[int, _Route] = field(default_factory=dict)
+    entered: bool = False
+    offset: int = 0
+    t0: float | None = None
+    tables: _Tables | None = None
+    video_seen: float | None = None
+    audio_seen: float | None = None
+
+
+_KEEP = 1
+_RESTART = 2
+
+_PUSI_T = bytes(1 if b & 0x40 else 0 for b in range(256))
+_AF_T = bytes(1 if b & 0x20 else 0 for b in range(256))
+_PCRF_T = bytes(1 if b & 0x10 else 0 for b in range(256))
+_TOP3_T = bytes(b & 0xE0 for b in range(256))
+_LOW4_T = bytes(b & 0x0F for b in range(256))
+_HIGH4_T = bytes(b & 0xF0 for b in range(256))
+_NONZERO = re.compile(b"[^\x00]")
+_MASKS: dict[int, int] = {}
+
+
+def _mask0f(n: int) -> int:
+    m = _MASKS.get(n)
+    if m is None:
+        m = _MASKS[n] = int.from_bytes(b"\x0f" * n, "little")
+    return m
+
+
+def _ints(*cols: bytes) -> list[int]:
+    return [int.from_bytes(c, "little") for c in cols]
+
+
+class Splicer:
+    """Owns the output program of one channel session; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        keyframe_wait_s: float = 1.0,
+        no_video_s: float = 3.0,
+        enabled: bool = True,
+        *,
+        hold_max_s: float = 1.0,
+        bridge_psi_interval_s: float = 0.5,
+        bridge_null_packets: int = 7,
+    ) -> None:
+        self.keyframe_wait_s = keyframe_wait_s
+        self.no_video_s = no_video_s
+        self.enabled = enabled
+        self.hold_max_s = hold_max_s
+        self.bridge_psi_interval_s = bridge_psi_interval_s
+        self.bridge_null_packets = bridge_null_packets
+        self.dropped_packets = 0  # upstream packets not let through (entry, unfinished PES, foreign PIDs)
+        self.switches = 0
+        self.last_entry_wait_s: float | None = None
+        self._src = _Upstream()
+        self._outs: dict[int, _OutStream] = {}
+        self._slots: dict[tuple[int, ...], list[int]] = {}
+        self._used_pids: set[int] = set()
+        self._program_number: int | None = None
+        self._pmt_pid: int | None = None
+        self._pat_packets: list[bytearray] = []
+        self._pmt: ProgramMap | None = None
+        self._pmt_version = 0
+        self._pmt_packets: list[bytearray] = []
+        self._psi_cc: dict[int, int] = {}
+        self._held: deque[tuple[int, memoryview | bytearray]] = deque()
+        self._ready: list[memoryview | bytearray] = []
+        self._out_next = 0
+        self._timeline_end: int | None = None
+        self._pending_di = False
+        self._started = False
+        self._had_video = False
+        self._last_bridge_psi: float | None = None
+
+    # --- public ---------------------------------------------------------------------------------------
+
+    @property
+    def entered(self) -> bool:
+        """The current upstream's clean entry is done: from here on its packets go out."""
+        return self._src.entered or not self.enabled
+
+    @property
+    def pmt_version(self) -> int:
+        return self._pmt_version
+
+    def feed(self, packets: Sequence[bytes | bytearray | memoryview], now: float) -> list[bytes | memoryview]:
+        """Take whole packets of the current upstream; return what is ready to write, in order."""
+        if not self.enabled:
+            out_pass: list[bytes | memoryview] = [
+                p if isinstance(p, bytes | memoryview) else bytes(p) for p in packets
+            ]
+            self._started = self._started or any(len(p) for p in out_pass)
+            return out_pass
+        src = self._src
+        if src.t0 is None:
+            src.t0 = now
+        out: list[bytes | memoryview] = []
+        self._drain_ready(out)
+        if packets:
+            buf = bytearray().join(packets)
+            if len(buf) % _PKT:
+                raise ValueError("Splicer.feed takes whole 188-byte packets (use PacketAligner)")
+            view: memoryview | None = memoryview(buf)
+            while view:
+                view = self._chunk(view, now)
+        self._release(out, now)
+        if out:
+            self._started = True
+        return out
+
+    def switch(self, now: float) -> None:
+        """The next packets fed come from another upstream: drop unfinished PES, expect a clean entry."""
+        self.switches += 1
+        if not self.enabled:
+            return
+        self._finish_upstream(now)
+        self._src = _Upstream()
+
+    def bridge(self, now: float) -> bytes:
+        """Packets that keep a client fed during a gap; b"" before the session's first real output."""
+        if not self._started:
+            return b""
+        parts: list[bytes | memoryview] = []
+        self._drain_ready(parts)
+        if (
+            self.enabled
+            and self._pat_packets
+            and (self._last_bridge_psi is None or now - self._last_bridge_psi >= self.bridge_psi_interval_s)
+        ):
+            self._last_bridge_psi = now
+            for p in (*self._pat_packets, *self._pmt_packets):
+                parts.append(self._stamp(bytearray(p)))
+        parts.append(NULL_PACKET * self.bridge_null_packets)
+        return b"".join(parts)
+
+    def health(self, now: float) -> str | None:
+        """``"NoVideo"`` when the current upstream lost the video the program had; else None."""
+        if not self.enabled:
+            return None
+        src = self._src
+        if src.program is None:
+            return None
+        if not src.program.has_video:
+            return NO_VIDEO if self._had_video else None
+        if src.audio_seen is None or now - src.audio_seen > self.no_video_s:
+            return None  # no audio either: a stall, not this check's business
+        since = src.video_seen if src.video_seen is not None else src.t0
+        if since is not None and now - since >= self.no_video_s:
+            return NO_VIDEO
+        return None
+
+    # --- output bookkeeping ---------------------------------------------------------------------------
+
+    def _stamp(self, packet: bytearray) -> bytearray:
+        """Give a generated PSI packet its continuity_counter at the moment it goes out."""
+        pid = ((packet[1] & 0x1F) << 8) | packet[2]
+        cc = (self._psi_cc.get(pid, -1) + 1) & 0x0F
+        self._psi_cc[pid] = cc
+        packet[3] = (packet[3] & 0xF0) | cc
+        return packet
+
+    def _drain_ready(self, out: list[bytes | memoryview]) -> None:
+        for item in self._ready:
+            out.append(bytes(self._stamp(item)) if isinstance(item, bytearray) else item)
+        self._ready.clear()
+
+    def _release(self, out: list[bytes | memoryview], now: float) -> None:
+        """Emit held output up to the earliest start of a PES not known to be complete."""
+        limit = self._out_next
+        for route in self._src.routes.values():
+            o = route.out
+            if o.pes_start is not None and route.entered:
+                if now - o.pes_start_time > self.hold_max_s:
+                    o.pes_start = None  # a stuck PID must not stall the program
+                elif o.pes_start < limit:
+                    limit = o.pes_start
+        held = self._held
+        while held and held[0][0] < limit:
+            idx, seg = held[0]
+            if isinstance(seg, bytearray):
+                out.append(bytes(self._stamp(seg)))
+                held.popleft()
+                continue
+            count = len(seg) // _PKT
+            if idx + count <= limit:
+                out.append(seg)
+                held.popleft()
+            else:
+                k = limit - idx
+                out.append(seg[: k * _PKT])
+                held[0] = (limit, seg[k * _PKT :])
+                break
+
+    def _finish_upstream(self, now: float) -> None:
+        """At a switch: drop each stream's unfinished PES, fix CC and timeline carry-over."""
+        src = self._src
+        dropping: dict[int, int] = {}
+        for route in src.routes.values():
+            o = route.out
+            if route.entered and o.pes_start is not None and now - o.pes_start_time <= self.hold_max_s:
+                dropping[o.pid] = o.pes_start
+        for idx, seg in self._held:
+            if isinstance(seg, bytearray) or not dropping:
+                self._ready.append(seg)
+                continue
+            run = 0
+            for j in range(len(seg) // _PKT):
+                o = j * _PKT
+                pid = ((seg[o + 1] & 0x1F) << 8) | seg[o + 2]
+                start = dropping.get(pid)
+                if start is not None and idx + j >= start:
+                    if j > run:
+                        self._ready.append(seg[run * _PKT : o])
+                    run = j + 1
+                    self.dropped_packets += 1
+            if len(seg) // _PKT > run:
+                self._ready.append(seg[run * _PKT :])
+        self._held.clear()
+        for route in src.routes.values():
+            if not route.entered:
+                continue
+            o = route.out
+            if o.pid in dropping:
+                o.next_cc = o.pes_cc
+                o.cur_pts, o.cur_dts = o.prev_pts, o.prev_dts
+                o.prev_pts = o.prev_dts = None
+            elif o.last_cc is not None:
+                o.next_cc = (o.last_cc + 1) & 0x0F
+            o.pes_start = None
+            o.pes_remaining = -1
+            if route.is_ref and o.cur_dts is not None:
+                self._timeline_end = (o.cur_dts + o.frame) % PTS_MODULUS
+        if src.entered:
+            self._pending_di = True
+
+    # --- program mapping ------------------------------------------------------------------------------
+
+    def _allocate(self, preferred: int) -> int:
+        reserved = self._used_pids | {self._pmt_pid or -1}
+        if 0x20 <= preferred < NULL_PID and preferred not in reserved:
+            pid = preferred
+        else:
+            pid = 0x100
+            while pid in reserved:
+                pid += 1
+        self._used_pids.add(pid)
+        return pid
+
+    def _out(self, pid: int) -> _OutStream:
+        o = self._outs.get(pid)
+        if o is None:
+            o = self._outs[pid] = _OutStream(pid)
+        return o
+
+    def _set_program(self, src: _Upstream, program: ProgramMap) -> None:
+        """Map an upstream's program onto output PIDs (by stream type and order); keep routes that stay."""
+        if self._program_number is None:
+            self._program_number = program.program_number
+            self._pmt_pid = src.pmt_pid
+            self._pat_packets = packetize_section(
+                PAT_PID,
+                build_pat_section(src.transport_stream_id, [(program.program_number, src.pmt_pid or 0)]),
+            )
+        old = src.routes
+        routes: dict[int, _Route] = {}
+        ordinal: dict[tuple[int, ...], int] = {}
+        for es in program.streams:
+            if es.elementary_PID in routes or es.elementary_PID in (PAT_PID, NULL_PID, src.pmt_pid):
+                continue
+            key = _es_key(es)
+            n = ordinal.get(key, 0)
+            ordinal[key] = n + 1
+            pids = self._slots.setdefault(key, [])
+            if n == len(pids):
+                pids.append(self._allocate(es.elementary_PID))
+            out_pid = pids[n]
+            kind = stream_kind(es.stream_type, es.ES_info)
+            prev = old.get(es.elementary_PID)
+            if prev is not None and prev.out.pid == out_pid and prev.kind == kind:
+                route = prev
+                route.stream_type = es.stream_type
+                route.is_ref = False
+            else:
+                route = _Route(es.elementary_PID, self._out(out_pid), es.stream_type, kind)
+            routes[es.elementary_PID] = route
+        # The reference stream sets the entry point and the timeline: the first video, else the first audio.
+        ref = next((r for r in routes.values() if r.kind == "video"), None)
+        ref = ref or next((r for r in routes.values() if r.kind == "audio"), None)
+        if ref is not None:
+            ref.is_ref = True
+        pcr = program.PCR_PID
+        if pcr != NULL_PID and pcr not in routes and pcr not in (PAT_PID, src.pmt_pid):
+            pids = self._slots.setdefault((-1,), [])
+            if not pids:
+                pids.append(self._allocate(pcr))
+            prev = old.get(pcr)
+            routes[pcr] = (
+                prev if prev is not None and prev.kind == "pcr" else _Route(pcr, self._out(pids[0]), 0, "pcr")
+            )
+        src.routes = routes
+        src.program = program
+        src.tables = None
+        if program.has_video:
+            self._had_video = True
+
+    def _output_program(self, src: _Upstream) -> ProgramMap:
+        program = src.program
+        assert program is not None and self._program_number is not None
+        streams = tuple(
+            ElementaryStream(es.stream_type, src.routes[es.elementary_PID].out.pid, es.ES_info)
+            for es in program.streams
+            if es.elementary_PID in src.routes and src.routes[es.elementary_PID].kind != "pcr"
+        )
+        pcr = program.PCR_PID
+        out_pcr = src.routes[pcr].out.pid if pcr in src.routes else NULL_PID
+        return ProgramMap(self._program_number, out_pcr, program.program_info, streams)
+
+    def _publish(self, src: _Upstream) -> list[bytearray]:
+        """Make the upstream's program the output's; return PAT+PMT packets to send now."""
+        program = self._output_program(src)
+        if self._pmt is not None and program != self._pmt:
+            self._pmt_version = (self._pmt_version + 1) & 0x1F
+        if program != self._pmt or not self._pmt_packets:
+            self._pmt = program
+            self._pmt_packets = packetize_section(
+                self._pmt_pid or 0, build_pmt_section(program, self._pmt_version)
+            )
+        return [bytearray(p) for p in (*self._pat_packets, *self._pmt_packets)]
+
+    def _build_tables(self, src: _Upstream) -> _Tables:
+        """Translate tables for the fast path: which PIDs pass column-wise, and how they are rewritten."""
+        pids = {PAT_PID, NULL_PID, *src.routes}
+        if src.pmt_pid is not None:
+            pids.add(src.pmt_pid)
+        his = sorted({p >> 8 for p in pids})[:15]
+        los = sorted({p & 0xFF for p in pids})[:15]
+        hi_code = {h: i + 1 for i, h in enumerate(his)}
+        lo_code = {v: i + 1 for i, v in enumerate(los)}
+        kind = bytearray(b"\x01" * 256)
+        new_hi = bytearray(256)
+        new_lo = bytearray(256)
+        delta = bytearray(256)
+        identity = True
+        tracked: list[tuple[int, _OutStream]] = []
+        for pid in pids:
+            h, v = hi_code.get(pid >> 8), lo_code.get(pid & 0xFF)
+            if h is None or v is None:
+                continue  # more than 15 distinct PID bytes: this PID takes the per-packet path
+            c = h << 4 | v
+            if pid == NULL_PID:
+                kind[c], new_hi[c], new_lo[c] = 0, 0x1F, 0xFF
+                continue
+            route = src.routes.get(pid)
+            if route is None or not route.entered or route.kind == "pcr":
+                continue
+            kind[c] = 2 if route.kind == "audio" else 0
+            out_pid = route.out.pid
+            new_hi[c], new_lo[c], delta[c] = out_pid >> 8, out_pid & 0xFF, route.cc_delta
+            identity = identity and out_pid == pid and route.cc_delta == 0
+            tracked.append((c, route.out))
+        return _Tables(
+            hi=bytes(hi_code.get(b & 0x1F, 0) << 4 for b in range(256)),
+            lo=bytes(lo_code.get(b, 0) for b in range(256)),
+            kind=bytes(kind),
+            new_hi=bytes(new_hi),
+            new_lo=bytes(new_lo),
+            delta=bytes(delta),
+            identity=identity,
+            tracked=tracked,
+        )
+
+    # --- per chunk ------------------------------------------------------------------------------------
+
+    def _chunk(self, buf: memoryview, now: float) -> memoryview | None:
+        """Process whole packets in place; return the rest when the routes changed mid-chunk."""
+        n = len(buf) // _PKT
+        b1 = bytes(buf[1::_PKT])
+        b2 = bytes(buf[2::_PKT])
+        b3 = bytes(buf[3::_PKT])
+        src = self._src
+        cls = b""
+        new_b3 = b""
+        tables: _Tables | None = None
+        positions: Iterable[int]
+        if src.entered:
+            tables = src.tables or self._build_tables(src)
+            src.tables = tables
+            hi, lo = _ints(b1.translate(tables.hi), b2.translate(tables.lo))
+            cls = (hi | lo).to_bytes(n, "little")
+            kind, pusi = _ints(cls.translate(tables.kind), b1.translate(_PUSI_T))
+            special = kind | pusi
+            if src.offset or self._pending_di:
+                af, pcrf = _ints(b3.translate(_AF_T), bytes(buf[5::_PKT]).translate(_PCRF_T))
+                special |= af & pcrf
+            positions = (
+                [m.start() for m in _NONZERO.finditer(special.to_bytes(n, "little"))] if special else ()
+            )
+            if not tables.identity:
+                top, pid_hi, low, add, high = _ints(
+                    b1.translate(_TOP3_T),
+                    cls.translate(tables.new_hi),
+                    b3.translate(_LOW4_T),
+                    cls.translate(tables.delta),
+                    b3.translate(_HIGH4_T),
+                )
+                buf[1::_PKT] = (top | pid_hi).to_bytes(n, "little")
+                buf[2::_PKT] = cls.translate(tables.new_lo)
+                new_b3 = ((low + add) & _mask0f(n) | high).to_bytes(n, "little")
+                buf[3::_PKT] = new_b3
+            else:
+                new_b3 = b3
+        else:
+            positions = range(n)
+
+        held = self._held
+        out_next = self._out_next
+        seg_start = 0
+        insert: list[bytearray] = []
+        end = n
+        restart = False
+        for i in positions:
+            r = self._packet(buf, i * _PKT, b1[i], b2[i], b3[i], out_next + i - seg_start, now, insert)
+            if insert or not r & _KEEP:
+                if i > seg_start:
+                    held.append((out_next, buf[seg_start * _PKT : i * _PKT]))
+                    out_next += i - seg_start
+                for p in insert:
+                    held.append((out_next, p))
+                    out_next += 1
+                insert.clear()
+                seg_start = i if r & _KEEP else i + 1
+                if not r & _KEEP:
+                    self.dropped_packets += 1
+            if r & _RESTART:
+                end = i + 1
+                restart = True
+                break
+        if end > seg_start:
+            held.append((out_next, buf[seg_start * _PKT : end * _PKT]))
+            out_next += end - seg_start
+        self._out_next = out_next
+        if tables is not None:
+            for c, o in tables.tracked:
+                j = cls.rfind(c, 0, end)
+                if j >= 0 and new_b3:
+                    o.last_cc = new_b3[j] & 0x0F
+        if not restart or end >= n:
+            return None
+        if tables is not None and not tables.identity:  # undo the column rewrite of the rest
+            rest = buf[end * _PKT :]
+            rest[1::_PKT] = b1[end:]
+            rest[2::_PKT] = b2[end:]
+            rest[3::_PKT] = b3[end:]
+        return buf[end * _PKT :]
+
+    def _packet(
+        self,
+        buf: memoryview,
+        off: int,
+        h1: int,
+        h2: int,
+        h3: int,
+        out_index: int,
+        now: float,
+        insert: list[bytearray],
+    ) -> int:
+        """One packet that the column pass cannot settle; rewrites it in place, returns _KEEP/_RESTART."""
+        src = self._src
+        pid = ((h1 & 0x1F) << 8) | h2
+        if pid == PAT_PID:
+            return self._on_pat(buf[off : off + _PKT], insert)
+        if pid == src.pmt_pid:
+            return self._on_pmt(buf[off : off + _PKT], insert)
+        route = src.routes.get(pid)
+        if route is None:
+            return _KEEP if pid == NULL_PID and src.entered else 0
+        kind = route.kind
+        pusi = h1 & 0x40
+        if pusi:
+            if kind == "video":
+                src.video_seen = now
+            elif kind == "audio":
+                src.audio_seen = now
+        result = _KEEP
+        o = route.out
+        if not route.entered:
+            if kind == "pcr":
+                if not src.entered:
+                    return 0
+            elif not pusi or not self._enter(src, route, buf, off, now, insert):
+                return 0
+            if o.next_cc is None:  # a PID the client has not seen yet: keep the upstream's counter
+                route.cc_delta = 0
+            else:  # a packet without payload repeats the previous counter
+                route.cc_delta = (o.next_cc - (0 if h3 & 0x10 else 1) - h3) & 0x0F
+            route.entered = True
+            src.tables = None
+            result |= _RESTART
+        cc = ((h3 & 0x0F) + route.cc_delta) & 0x0F
+        out_pid = o.pid
+        buf[off + 1] = (h1 & 0xE0) | (out_pid >> 8)
+        buf[off + 2] = out_pid & 0xFF
+        buf[off + 3] = (h3 & 0xF0) | cc
+        o.last_cc = cc
+        af = h3 & 0x20 and buf[off + 4]
+        if af and buf[off + 5] & 0x10 and buf[off + 4] >= 7:
+            if src.offset:
+                write_pcr_base(buf, off + 6, (read_pcr_base(buf, off + 6) + src.offset) % PTS_MODULUS)
+            if self._pending_di:
+                buf[off + 5] |= 0x80
+                self._pending_di = False
+        if pusi and kind != "pcr":
+            self._pes_start(route, buf, off, cc, out_index + len(insert), now)
+        elif o.pes_remaining > 0 and h3 & 0x10:
+            o.pes_remaining -= _PKT - (5 + buf[off + 4] if h3 & 0x20 else 4)
+            if o.pes_remaining <= 0:
+                o.pes_start = None
+                o.pes_remaining = -1
+        return result
+
+    def _enter(
+        self, src: _Upstream, route: _Route, buf: memoryview, off: int, now: float, insert: list[bytearray]
+    ) -> bool:
+        """Decide whether this PES start is where a stream of the new upstream enters the output."""
+        p = payload_offset(buf, off)
+        pts, dts = _pes_timestamps(buf, off, p)
+        if not src.entered:
+            if not route.is_ref or pts is None:
+                return False
+            if (
+                route.kind == "video"
+                and not is_random_access(buf, off, route.stream_type, p)
+                and now - (src.t0 if src.t0 is not None else now) < self.keyframe_wait_s
+            ):
+                return False
+            first = dts if dts is not None else pts
+            src.offset = 0 if self._timeline_end is None else (self._timeline_end - first) % PTS_MODULUS
+            insert.extend(self._publish(src))
+            src.entered = True
+            self.last_entry_wait_s = now - (src.t0 if src.t0 is not None else now)
+            return True
+        last = route.out.cur_pts
+        return pts is None or last is None or _later((pts + src.offset) % PTS_MODULUS, last)
+
+    def _pes_start(
+        self, route: _Route, buf: memoryview, off: int, cc: int, out_index: int, now: float
+    ) -> None:
+        """A PES begins: rebase its PTS/DTS, start holding it, learn the frame duration."""
+        o = route.out
+        p = payload_offset(buf, off)
+        pts, dts = _pes_timestamps(buf, off, p)
+        offset = self._src.offset
+        if pts is not None:
+            if offset:
+                pts = (pts + offset) % PTS_MODULUS
+                write_timestamp(buf, off + p + 9, pts)
+                if dts is not None:
+                    dts = (dts + offset) % PTS_MODULUS
+                    write_timestamp(buf, off + p + 14, dts)
+            d = dts if dts is not None else pts
+            if o.cur_dts is not None:
+                step = (d - o.cur_dts) % PTS_MODULUS
+                if 0 < step < 90000:
+                    o.frame = step
+            o.prev_pts, o.prev_dts = o.cur_pts, o.cur_dts
+            o.cur_pts, o.cur_dts = pts, d
+        if route.kind not in ("video", "audio"):
+            return
+        o.pes_start = out_index
+        o.pes_start_time = now
+        o.pes_cc = cc
+        o.pes_remaining = -1
+        if route.kind == "audio" and p + 6 <= _PKT:
+            length = (buf[off + p + 4] << 8) | buf[off + p + 5]
+            if length:
+                o.pes_remaining = length + 6 - (_PKT - p)
+                if o.pes_remaining <= 0:
+                    o.pes_start = None
+                    o.pes_remaining = -1
+
+    def _on_pat(self, packet: memoryview, insert: list[bytearray]) -> int:
+        src = self._src
+        for section in src.pat.push(packet):
+            tsid, _version, programs = parse_pat(section)
+            programs = [(n, pid) for n, pid in programs if n != 0]
+            if not programs:
+                continue
+            number, pmt_pid = programs[0]
+            src.transport_stream_id = tsid
+            if (number, pmt_pid) != (src.program_number, src.pmt_pid):
+                src.program_number, src.pmt_pid = number, pmt_pid
+                src.pmt = SectionAssembler()
+                src.tables = None
+        if src.entered:
+            insert.extend(bytearray(p) for p in self._pat_packets)
+        return 0
+
+    def _on_pmt(self, packet: memoryview, insert: list[bytearray]) -> int:
+        src = self._src
+        result = 0
+        for section in src.pmt.push(packet):
+            program, _version = parse_pmt(section)
+            if program.program_number != src.program_number or program == src.program:
+                continue
+            self._set_program(src, program)
+            if src.entered:
+                insert.extend(self._publish(src)[len(self._pat_packets) :])
+                result |= _RESTART
+        if src.entered and not result and packet[1] & 0x40:
+            insert.extend(bytearray(p) for p in self._pmt_packets)
+        return result
+
+
+def _pes_timestamps(b: bytes | bytearray | memoryview, off: int, p: int) -> tuple[int | None, int | None]:
+    """(PTS, DTS) of the PES header starting at payload offset ``p``, when the first packet holds them."""
+    o = off + p
+    if p + 14 > _PKT or b[o] or b[o + 1] or b[o + 2] != 1 or b[o + 3] in _NO_PES_HEADER:
+        return None, None
+    flags = b[o + 7] >> 6
+    if not flags & 2:
+        return None, None
+    pts = read_timestamp(b, o + 9)
+    if flags == 3 and p + 19 <= _PKT:
+        return pts, read_timestamp(b, o + 14)
+    return pts, None

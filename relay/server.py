@@ -1,0 +1,249 @@
+"""The client-facing HTTP/1.1 server: an asyncio.Protocol parsing with httptools.
+
+It stays small: callbacks collect one request at a time, a complete request goes to the
+router (relay/app.py), and a stream response is an Output of a channel session. Bad input gets a
+short error and a close, never an exception out of a callback: a malformed request (400), a head
+over `server.max_head_bytes` (431), a URL too long (414), a head that does not complete within
+`server.header_timeout_s` (close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+import httptools
+
+from relay import http11
+
+if TYPE_CHECKING:
+    from relay.session import ChannelSession
+
+log = logging.getLogger("relay.server")
+
+WRITE_HIGH_WATER = 256 * 1024  # per client: beyond this the session pauses its upstream
+WRITE_LOW_WATER = 64 * 1024
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    http_version: str
+    keep_alive: bool
+    peer: str = ""
+    body: bytearray = field(default_factory=bytearray)
+
+    @property
+    def head_only(self) -> bool:
+        return self.method == "HEAD"
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection. Also the session's Output when it carries a stream."""
+
+    def __init__(
+        self,
+        router: Callable[[HttpProtocol, Request], None],
+        *,
+        max_head_bytes: int,
+        header_timeout_s: float,
+        on_close: Callable[[HttpProtocol], None] | None = None,
+    ) -> None:
+        self.router = router
+        self.max_head_bytes = max_head_bytes
+        self.header_timeout_s = header_timeout_s
+        self.on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.session: ChannelSession | None = None
+        self.streaming = False  # a stream request has taken this connection over
+        self.chunked = True
+        self.peer = ""
+        self._url = bytearray()
+        self._headers: dict[str, str] = {}
+        self._head_bytes = 0
+        self._raw_head_bytes = 0
+        self._headers_done = False
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    # ---- asyncio ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self.streaming or self._closed:
+            return  # a stream owns the connection; anything the client sends now is ignored
+        if not self._headers_done:
+            self._raw_head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._error(400, "Upgrade not supported")
+        except httptools.HttpParserError:
+            self._error(400, "Malformed request")
+            return
+        # httptools buffers a header line until it ends: bound what an endless one can cost us
+        if not self._headers_done and self._raw_head_bytes > 4 * self.max_head_bytes:
+            self._error(431, "Request header fields too large")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._cancel_header_timer()
+        self.transport = None
+        if self.session is not None:
+            session, self.session = self.session, None
+            session.remove_output(self)
+        if self.on_close is not None:
+            self.on_close(self)
+
+    def pause_writing(self) -> None:
+        if self.session is not None:
+            self.session.output_paused(self)
+
+    def resume_writing(self) -> None:
+        if self.session is not None:
+            self.session.output_resumed(self)
+
+    # ---- httptools ----------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers_done = False
+        self._head_bytes = 0
+        self._url = bytearray()
+        self._headers = {}
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if len(self._url) > self.max_head_bytes:
+            self._error(414, "URI too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.max_head_bytes:
+            self._error(431, "Request header fields too large")
+            return
+        key = name.decode("latin-1").lower()
+        if key in self._headers and key in ("host", "content-length", "transfer-encoding"):
+            self._error(400, f"Duplicate {key} header")
+            return
+        self._headers[key] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        self._raw_head_bytes = 0
+        self._cancel_header_timer()
+
+    def on_message_complete(self) -> None:
+        if self._closed or self.streaming:
+            return
+        try:
+            parsed = httptools.parse_url(bytes(self._url))
+        except httptools.HttpParserInvalidURLError:
+            self._error(400, "Malformed URL")
+            return
+        path = unquote((parsed.path or b"/").decode("latin-1"))
+        req = Request(
+            method=self.parser.get_method().decode("latin-1"),
+            path=path,
+            query=(parsed.query or b"").decode("latin-1"),
+            headers=self._headers,
+            http_version=self.parser.get_http_version(),
+            keep_alive=self.parser.should_keep_alive(),
+            peer=self.peer,
+        )
+        self.chunked = req.http_version != "1.0"
+        try:
+            self.router(self, req)
+        except Exception:  # a bug in a handler must not take the server down
+            log.exception("error handling %s %s", req.method, req.path)
+            self._error(500, "Internal error")
+            return
+        if not self.streaming and not self._closed:
+            self._arm_header_timer()
+
+    # ---- responses --------------------------------------------------------------------------
+
+    def respond(self, data: bytes, *, keep_alive: bool = True) -> None:
+        if self.transport is None or self._closed:
+            return
+        self.transport.write(data)
+        if not keep_alive:
+            self.close()
+
+    def _error(self, status: int, text: str) -> None:
+        if self._closed:
+            return
+        self.respond(http11.error(status, text), keep_alive=False)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._cancel_header_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    # ---- Output (what a channel session calls) ------------------------------------------------
+
+    def start_stream(self) -> None:
+        if self.transport is not None:
+            self.transport.write(http11.stream_head("video/mp2t", chunked=self.chunked))
+
+    def send(self, views: list[memoryview], size: int) -> None:
+        t = self.transport
+        if t is None:
+            return
+        if self.chunked:
+            t.writelines(http11.chunk(views, size))
+        else:
+            t.writelines(views)
+
+    def unavailable(self) -> None:
+        self.session = None
+        self.respond(
+            http11.error(503, "Stream unavailable", headers=[("X-HDHomeRun-Error", "807 No Video Data")]),
+            keep_alive=False,
+        )
+
+    def abort(self) -> None:
+        """Mid-stream exhaustion: end the response by closing, without the last chunk (it failed)."""
+        self.session = None
+        self.close()
+
+    def finish(self) -> None:
+        """A clean end (shutdown): the last chunk, then close."""
+        self.session = None
+        if self.transport is not None and self.chunked and not self._closed:
+            self.transport.write(http11.LAST_CHUNK)
+        self.close()
+
+    # ---- slowloris guard ----------------------------------------------------------------------
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        loop = asyncio.get_running_loop()
+        self._header_timer = loop.call_later(self.header_timeout_s, self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if not self.streaming and not self._closed:
+            self.close()  # an idle keep-alive or a slowloris: either way, free the socket

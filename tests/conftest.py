@@ -1,0 +1,38 @@
+"""Shared fixtures: real MPEG-TS media (ffmpeg, cached) and a running fake Xtream provider."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from tests.fake_provider import FakeProvider
+from tests.media import make_ts, require_ffmpeg
+
+
+@pytest.fixture(scope="session")
+def ts_file() -> Path:
+    """4 s H.264/AAC TS with ffmpeg's default PIDs."""
+    require_ffmpeg()
+    return make_ts()
+
+
+@pytest.fixture(scope="session")
+def ts_file_mpeg2() -> Path:
+    """4 s MPEG-2/MP2 TS with different PIDs, service id and timestamps (a different provider's feed)."""
+    require_ffmpeg()
+    return make_ts(variant="mpeg2")
+
+
+@pytest.fixture
+async def provider(ts_file: Path) -> AsyncIterator[FakeProvider]:
+    """A started FakeProvider (alice/s3cret, real-time pacing) serving ts_file for every stream id."""
+    async with FakeProvider(ts_file, rate_factor=1.0) as p:
+        yield p
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Tests run on uvloop, like the relay does (its transports differ from asyncio's)."""
+    return {"uvloop": uvloop.new_event_loop}
