@@ -17,10 +17,12 @@ from typing import Any
 
 import orjson
 
-from relay import http11
+from relay import hdhomerun, http11
 from relay.config import Config, ConfigError
+from relay.discovery import device_info, start_discovery
 from relay.events import EventLog
 from relay.failover import HealthMemory, Slots
+from relay.guide import GuideCache
 from relay.server import HttpProtocol, Request
 from relay.session import ChannelSession, Shared
 from relay.store import Store
@@ -44,8 +46,19 @@ class Relay:
         self.host = cfg.server.host
         self.port = cfg.server.port
         self._by_number = {c.number: c.id for c in cfg.channels}
+        self.discovery: list[Any] = []
+        self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h)
+        get = ("GET", "HEAD")
         self.routes: dict[str, tuple[tuple[str, ...], Handler]] = {
-            "/health": (("GET", "HEAD"), self._health),
+            "/health": (get, self._health),
+            "/discover.json": (get, self._discover),
+            "/lineup.json": (get, self._lineup),
+            "/lineup.m3u": (get, self._lineup_m3u),
+            "/lineup_status.json": (get, self._lineup_status),
+            "/lineup.post": (("POST", "GET"), self._lineup_post),
+            "/device.xml": (get, self._device_xml),
+            "/": (get, self._device_xml),
+            "/xmltv.xml": (get, self._xmltv),
         }
         self.prefixes: list[tuple[str, tuple[str, ...], Callable[[HttpProtocol, Request, str], None]]] = [
             ("/stream/", ("GET", "HEAD"), self._stream),
@@ -89,11 +102,16 @@ class Relay:
         self.port = sock[1]
         self.started_at = loop.time()
         log.info("listening on http://%s:%d", _host_for_url(cfg.server.host), self.port)
+        self.discovery = await start_discovery(cfg, device_info(cfg, self.port), loop, log)
+        self.guide.start()
 
     async def stop(self) -> None:
         """Stop accepting, end every stream cleanly, flush every event to both sinks."""
         if self.server is not None:
             self.server.close()
+        for d in self.discovery:
+            d.close()
+        await self.guide.stop()
         for s in list(self.sessions):
             s.close("Shutdown")
         for c in list(self.connections):
@@ -163,6 +181,55 @@ class Relay:
             },
         )
 
+    # ---- the HDHomeRun tuner Plex talks to ---------------------------------------------------------
+
+    def base_url(self, proto: HttpProtocol, req: Request) -> str:
+        return hdhomerun.base_url(self.cfg, req.headers.get("host"), self.port, local_ip=proto.local_ip)
+
+    def _send(self, proto: HttpProtocol, req: Request, body: bytes, content_type: str) -> None:
+        data = http11.response(200, body, content_type, keep_alive=req.keep_alive, head_only=req.head_only)
+        proto.respond(data, keep_alive=req.keep_alive)
+
+    def _discover(self, proto: HttpProtocol, req: Request) -> None:
+        self._send(
+            proto, req, hdhomerun.discover_json(self.cfg, self.base_url(proto, req)), "application/json"
+        )
+
+    def _lineup(self, proto: HttpProtocol, req: Request) -> None:
+        body = hdhomerun.lineup_json(self.cfg.channels, self.base_url(proto, req))
+        self._send(proto, req, body, "application/json")
+
+    def _lineup_m3u(self, proto: HttpProtocol, req: Request) -> None:
+        body = hdhomerun.lineup_m3u(self.cfg.channels, self.base_url(proto, req))
+        self._send(proto, req, body, "audio/x-mpegurl")
+
+    def _lineup_status(self, proto: HttpProtocol, req: Request) -> None:
+        self._send(proto, req, hdhomerun.lineup_status_json(), "application/json")
+
+    def _lineup_post(self, proto: HttpProtocol, req: Request) -> None:
+        self._send(proto, req, hdhomerun.lineup_post_body(), "application/json")
+
+    def _device_xml(self, proto: HttpProtocol, req: Request) -> None:
+        self._send(proto, req, hdhomerun.device_xml(self.cfg, self.base_url(proto, req)), "application/xml")
+
+    def _xmltv(self, proto: HttpProtocol, req: Request) -> None:
+        files = self.guide.current()
+        if files is None:
+            proto.respond(
+                http11.error(503, "Guide not built yet", headers=[("Retry-After", "5")]), keep_alive=False
+            )
+            return
+        gz = "gzip" in req.headers.get("accept-encoding", "").lower()
+        try:
+            f = open(files.gz if gz else files.xml, "rb")  # noqa: SIM115 - handed to the protocol, which closes it
+        except OSError:
+            proto.respond(http11.error(503, "Guide not built yet"), keep_alive=False)
+            return
+        headers = [("Vary", "Accept-Encoding"), ("Last-Modified", _http_date(files.built_at))]
+        if gz:
+            headers.append(("Content-Encoding", "gzip"))
+        proto.send_file(f, "application/xml; charset=utf-8", headers, head_only=req.head_only)
+
     # ---- streams ------------------------------------------------------------------------------
 
     def _auto(self, proto: HttpProtocol, req: Request, number: str) -> None:
@@ -180,6 +247,10 @@ class Relay:
         if req.head_only:
             proto.respond(http11.stream_head("video/mp2t", chunked=proto.chunked), keep_alive=False)
             return
+        if len(self.sessions) >= self.cfg.tuner.tuner_count:
+            busy = hdhomerun.TunerError.ALL_TUNERS_IN_USE.header()
+            proto.respond(http11.error(503, "All tuners in use", headers=[busy]), keep_alive=False)
+            return
         assert self.store is not None and self.shared is not None
         candidates = self.store.candidates(ch.id)
         session = ChannelSession(ch.id, candidates, self.shared, self.sessions.discard)
@@ -188,6 +259,12 @@ class Relay:
         proto.session = session
         session.add_output(proto)
         session.start()
+
+
+def _http_date(ts: float) -> str:
+    from email.utils import formatdate
+
+    return formatdate(ts, usegmt=True)
 
 
 def _host_for_url(host: str) -> str:

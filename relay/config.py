@@ -120,13 +120,25 @@ class GuideSource(_Model):
         return self
 
 
+class GuideConfig(_Model):
+    """`guide:` is a list of sources, or {sources: [...], refresh_h: N}."""
+
+    sources: tuple[GuideSource, ...] = ()
+    refresh_h: float = Field(6.0, gt=0)  # how often /xmltv.xml is rebuilt from its sources
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list_form(cls, data: Any) -> Any:
+        return {"sources": data} if isinstance(data, list | tuple) else data
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
     failover: FailoverConfig = FailoverConfig()
     tuner: TunerConfig = TunerConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
-    guide: tuple[GuideSource, ...] = ()
+    guide: GuideConfig = GuideConfig()
     accounts: tuple[AccountConfig, ...] = ()
     channels: tuple[ChannelConfig, ...] = ()
     base_dir: Path = Field(default=Path("."), exclude=True)  # the config file's folder

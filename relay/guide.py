@@ -100,7 +100,7 @@ def _url_secrets(url: str) -> tuple[str, ...]:
 def guide_sources(cfg: Config) -> list[Source]:
     """`guide:` entries in order; when there are none, each active account's xmltv.php."""
     out: list[Source] = []
-    for g in cfg.guide:
+    for g in cfg.guide.sources:
         if g.file is not None:
             p = cfg.path(g.file)
             out.append(Source(label=str(p), path=p))

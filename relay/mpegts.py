@@ -529,7 +529,8 @@ class _OutStream:
     cur_dts: int | None = None
     prev_pts: int | None = None
     prev_dts: int | None = None
-    frame: int = _DEFAULT_FRAME
+    frame: int = _DEFAULT_FRAME  # the last step between PES starts: one video frame
+    span: int = 0  # the largest such step: how far one PES (e.g. several audio frames) may reach
 
 
 @dataclass(slots=True)
@@ -1112,7 +1113,11 @@ class Splicer:
             self.last_entry_wait_s = now - (src.t0 if src.t0 is not None else now)
             return True
         last = route.out.cur_pts
-        return pts is None or last is None or _later((pts + src.offset) % PTS_MODULUS, last)
+        if pts is None or last is None:
+            return True
+        # Not before the end of the last PES that went out on this PID: its start plus one PES step.
+        end = (last + route.out.span) % PTS_MODULUS
+        return not _later(end, (pts + src.offset) % PTS_MODULUS)
 
     def _pes_start(
         self, route: _Route, buf: memoryview, off: int, cc: int, out_index: int, now: float
@@ -1134,6 +1139,7 @@ class Splicer:
                 step = (d - o.cur_dts) % PTS_MODULUS
                 if 0 < step < 90000:
                     o.frame = step
+                    o.span = max(o.span, step)
             o.prev_pts, o.prev_dts = o.cur_pts, o.cur_dts
             o.cur_pts, o.cur_dts = pts, d
         if route.kind not in ("video", "audio"):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote
 
 import httptools
@@ -27,6 +28,7 @@ log = logging.getLogger("relay.server")
 
 WRITE_HIGH_WATER = 256 * 1024  # per client: beyond this the session pauses its upstream
 WRITE_LOW_WATER = 64 * 1024
+FILE_SLICE = 64 * 1024
 
 
 @dataclass
@@ -73,6 +75,9 @@ class HttpProtocol(asyncio.Protocol):
         self._headers_done = False
         self._header_timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._file: BinaryIO | None = None  # a file being sent (the guide), pumped as the socket drains
+        self._writing_paused = False
+        self.local_ip: str | None = None
 
     # ---- asyncio ------------------------------------------------------------------------------
 
@@ -81,6 +86,8 @@ class HttpProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
+        local = transport.get_extra_info("sockname")
+        self.local_ip = local[0] if isinstance(local, tuple) else None
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -102,6 +109,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._cancel_header_timer()
+        self._close_file()
         self.transport = None
         if self.session is not None:
             session, self.session = self.session, None
@@ -110,12 +118,16 @@ class HttpProtocol(asyncio.Protocol):
             self.on_close(self)
 
     def pause_writing(self) -> None:
+        self._writing_paused = True
         if self.session is not None:
             self.session.output_paused(self)
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
         if self.session is not None:
             self.session.output_resumed(self)
+        if self._file is not None:
+            self._pump_file()
 
     # ---- httptools ----------------------------------------------------------------------------
 
@@ -183,6 +195,44 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.write(data)
         if not keep_alive:
             self.close()
+
+    def send_file(
+        self, f: BinaryIO, content_type: str, headers: list[tuple[str, str]], *, head_only: bool = False
+    ) -> None:
+        """Send a file as the whole response, a slice at a time as the socket drains: never all in memory."""
+        size = os.fstat(f.fileno()).st_size
+        self.streaming = True  # the connection is busy until the file is out
+        self.respond(
+            http11.head(
+                200,
+                [
+                    ("Content-Type", content_type),
+                    ("Content-Length", str(size)),
+                    *headers,
+                    ("Connection", "close"),
+                ],
+            )
+        )
+        if head_only:
+            f.close()
+            self.close()
+            return
+        self._file = f
+        self._pump_file()
+
+    def _pump_file(self) -> None:
+        while self._file is not None and not self._writing_paused and self.transport is not None:
+            data = self._file.read(FILE_SLICE)
+            if not data:
+                self._close_file()
+                self.close()
+                return
+            self.transport.write(data)
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def _error(self, status: int, text: str) -> None:
         if self._closed:

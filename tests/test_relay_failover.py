@@ -219,7 +219,7 @@ async def test_given_several_backups_when_failing_then_tried_in_stream_priority_
         assert len(ev) == 1
         assert ev[0]["attempted"] == ["b/2", "c/3", "d/4"]
         assert ev[0]["to_stream"] == "d/4"
-        first_conn = [c.stream_id for c in provider.conns]
+        first_conn = [c.stream_id for c in provider.conns if c.stream_id is not None]
         assert first_conn[:4] == [1, 2, 3, 4]
         await c.close()
 
@@ -244,7 +244,7 @@ async def test_given_redirecting_provider_then_redirect_followed_from_original_u
         c = await open_stream(relay.port, "/stream/ch1")
         await c.wait_bytes(10_000)
         assert provider.active(1) == 1
-        targets = [t for t, _ in provider.requests]
+        targets = [t for t, _ in provider.requests if not t.startswith("/xmltv")]
         assert targets[0].startswith("/live/") and targets[1].startswith("/lb/")
         await c.close()
 
