@@ -789,6 +789,8 @@ class Splicer:
             if len(seg) // _PKT > run:
                 self._ready.append(seg[run * _PKT :])
         self._held.clear()
+        ref_end: int | None = None  # the timeline continues one frame after the last reference DTS...
+        ends: list[int] = []  # ...or, if the reference left nothing, after the latest other stream
         for route in src.routes.values():
             if not route.entered:
                 continue
@@ -801,8 +803,18 @@ class Splicer:
                 o.next_cc = (o.last_cc + 1) & 0x0F
             o.pes_start = None
             o.pes_remaining = -1
-            if route.is_ref and o.cur_dts is not None:
-                self._timeline_end = (o.cur_dts + o.frame) % PTS_MODULUS
+            if o.cur_dts is None:
+                continue
+            if route.is_ref:
+                ref_end = (o.cur_dts + o.frame) % PTS_MODULUS
+            else:
+                ends.append((o.cur_dts + max(o.span, o.frame)) % PTS_MODULUS)
+        if ref_end is not None:
+            self._timeline_end = ref_end
+        else:
+            for end in ends:
+                if self._timeline_end is None or _later(end, self._timeline_end):
+                    self._timeline_end = end
         if src.entered:
             self._pending_di = True
 

@@ -625,8 +625,9 @@ def test_health_is_quiet_when_nothing_flows() -> None:
 def test_splicer_output_is_whole_valid_packets_with_clean_cc_and_timeline(
     cut_a: int, start_b: int, cut_b: int, start_c: int, chunks: list[int], b_types: tuple[int, int]
 ) -> None:
-    """Whatever the chunking and the switch points: whole 0x47 packets, no CC error, monotonic DTS per PID."""
-    splicer = Splicer()
+    """Whatever the chunking and the switch points: whole 0x47 packets, no CC error, monotonic DTS per PID,
+    and no truncated PES (video PES are 3 packets, audio PES 2, in these upstreams)."""
+    splicer = Splicer(hold_max_s=1e9)
     out: list[bytes | memoryview] = []
     sources = [
         b"".join(Upstream().stream(16)[:cut_a]),
@@ -655,6 +656,17 @@ def test_splicer_output_is_whole_valid_packets_with_clean_cc_and_timeline(
             hex(pid),
             dts,
         )
+    sizes: dict[int, list[int]] = {}
+    for p in packets:
+        if pid_of(p) in (0, 0x1000, NULL_PID):
+            continue
+        runs = sizes.setdefault(pid_of(p), [])
+        if p[1] & 0x40:
+            runs.append(0)
+        assert runs, "an ES starts at a PES start"
+        runs[-1] += 1
+    for pid, runs in sizes.items():
+        assert set(runs) <= {3 if pid in (0x100, 0x1E1) else 2}, (hex(pid), runs)
 
 
 # --- real media -----------------------------------------------------------------------------------------

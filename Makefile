@@ -1,0 +1,46 @@
+# `make run`: the relay on its built-in demo provider. `make test`: the whole test suite.
+# Both create .venv/ in the checkout and install what they need (system packages too, as root).
+VENV := .venv
+PY ?= python3
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test bench lint system-deps clean
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# ffmpeg makes the test/demo media and is the real client in tests; hdhomerun_config is SiliconDust's client.
+system-deps:
+	@missing=""; \
+	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
+	command -v hdhomerun_config >/dev/null || missing="$$missing hdhomerun-config"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	$(PY) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  echo "installing:$$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+run: $(STAMP)
+	$(VENV)/bin/relay demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check relay tests bench
+	$(VENV)/bin/pytest
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m bench.failover
+	$(VENV)/bin/python -m bench.splice
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check relay tests bench
+	$(VENV)/bin/ruff format --check relay tests bench
+
+clean:
+	rm -rf $(VENV) tests/.media .pytest_cache .ruff_cache
