@@ -18,7 +18,7 @@ from urllib.parse import urljoin, urlsplit
 import httptools
 
 from relay.failover import Reason
-from relay._align import PacketAligner
+from relay.mpegts import PacketAligner
 
 MAX_HEAD_BYTES = 64 * 1024  # an upstream that sends endless headers is broken, not slow
 MAX_GARBAGE_BYTES = 64 * 1024  # this much without MPEG-TS sync: an HTML page, a gzip body, ...

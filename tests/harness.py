@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -51,7 +52,9 @@ def config_for(
                 "id": cid,
                 "name": cid.upper(),
                 "number": str(100 + i),
-                "streams": [{"account": acc, "stream_id": sid, "priority": p} for p, (acc, sid) in enumerate(s)],
+                "streams": [
+                    {"account": acc, "stream_id": sid, "priority": p} for p, (acc, sid) in enumerate(s)
+                ],
             }
             for i, (cid, s) in enumerate(channels.items())
         ],
@@ -149,7 +152,7 @@ class StreamClient:
 
     def max_gap(self, after: float = 0.0) -> float:
         times = [at for at, _ in self.arrivals if at >= after]
-        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     async def close(self) -> None:
         self.writer.close()
@@ -160,7 +163,9 @@ class StreamClient:
 
 async def open_stream(port: int, path: str, *, method: str = "GET", version: str = "1.1") -> StreamClient:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"{method} {path} HTTP/{version}\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: test\r\n\r\n".encode())
+    writer.write(
+        f"{method} {path} HTTP/{version}\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: test\r\n\r\n".encode()
+    )
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     c = StreamClient(reader, writer, int(lines[0].split()[1]), raw_head=head)

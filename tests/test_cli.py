@@ -22,7 +22,9 @@ from tests.harness import config_for, open_stream, read_events, until
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_relay(*args: str, env: dict[str, str] | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
+def run_relay(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 20
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "relay", *args],
         capture_output=True,
@@ -54,15 +56,23 @@ channels:
     [
         (GOOD.replace("port: 0", "port: nope"), "server.port"),
         (GOOD + "bogus: 1\n", "bogus: unknown key"),
-        (GOOD.replace("stream_id: 1", "stream_id: 1, account2: x"), "channels[0].streams[0].account2: unknown key"),
+        (
+            GOOD.replace("stream_id: 1", "stream_id: 1, account2: x"),
+            "channels[0].streams[0].account2: unknown key",
+        ),
         (GOOD.replace("{account: a,", "{account: zz,"), "unknown account 'zz'"),
-        (GOOD.replace("password: p", "password: \"${RELAY_TEST_UNSET_VAR}\""), "RELAY_TEST_UNSET_VAR is not set"),
+        (
+            GOOD.replace("password: p", 'password: "${RELAY_TEST_UNSET_VAR}"'),
+            "RELAY_TEST_UNSET_VAR is not set",
+        ),
         (GOOD + '  - {id: one.uk, name: Two, number: "2"}\n', "duplicate channel id"),
         (GOOD.replace("server: {", "server: [{"), "YAML error"),
         ("- just\n- a list\n", "top level must be a mapping"),
     ],
 )
-def test_given_bad_config_when_serving_then_exit_2_with_one_clear_line(tmp_path: Path, text: str, expected: str):
+def test_given_bad_config_when_serving_then_exit_2_with_one_clear_line(
+    tmp_path: Path, text: str, expected: str
+):
     cfg = write_config(tmp_path, text)
     r = run_relay("serve", "--config", str(cfg))
     assert r.returncode == 2

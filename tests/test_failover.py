@@ -139,7 +139,12 @@ def test_given_streaming_when_primary_drops_then_next_is_opened_at_once_and_fail
     ev = h.events("failover")[0]
     assert ev.level == "warn"
     f = ev.fields
-    assert (f["channel"], f["from_stream"], f["to_stream"], f["reason"]) == ("ch1", "a/1", "b/2", "StreamError")
+    assert (f["channel"], f["from_stream"], f["to_stream"], f["reason"]) == (
+        "ch1",
+        "a/1",
+        "b/2",
+        "StreamError",
+    )
     assert f["switch_ms"] == 2.0 and f["attempted"] == ["b/2"]
 
 

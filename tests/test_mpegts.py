@@ -650,7 +650,9 @@ def test_splicer_output_is_whole_valid_packets_with_clean_cc_and_timeline(
     assert len(blob) % TS == 0 and blob[::TS] == b"\x47" * (len(blob) // TS)
     packets = split(blob)
     assert cc_errors(packets) == []
-    for pid in {pid_of(p) for p in packets} - {0, 0x1000, NULL_PID}:
+    pats = sections_on(packets, 0)
+    psi = {0, NULL_PID} | {pid for _, pid in parse_pat(pats[0])[2]} if pats else {0, NULL_PID}
+    for pid in {pid_of(p) for p in packets} - psi:
         dts = video_dts(packets, pid)
         assert all(0 < (b - a) % PTS_MODULUS < 90000 * 3 for a, b in itertools.pairwise(dts)), (
             hex(pid),
@@ -658,7 +660,7 @@ def test_splicer_output_is_whole_valid_packets_with_clean_cc_and_timeline(
         )
     sizes: dict[int, list[int]] = {}
     for p in packets:
-        if pid_of(p) in (0, 0x1000, NULL_PID):
+        if pid_of(p) in psi:
             continue
         runs = sizes.setdefault(pid_of(p), [])
         if p[1] & 0x40:

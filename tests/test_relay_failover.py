@@ -104,7 +104,9 @@ async def test_given_primary_answers_http_error_then_backup_is_relayed_and_statu
     assert start["to_stream"] == "b/2" and start["attempted"] == ["a/1", "b/2"]
 
 
-async def test_given_primary_refuses_connection_then_backup_immediately(provider: FakeProvider, tmp_path: Path):
+async def test_given_primary_refuses_connection_then_backup_immediately(
+    provider: FakeProvider, tmp_path: Path
+):
     cfg = config_for(tmp_path, provider, CH, urls={"a": f"http://127.0.0.1:{fp.closed_port()}"})
     async with running_relay(cfg, tmp_path) as relay:
         t0 = asyncio.get_running_loop().time()
@@ -224,7 +226,9 @@ async def test_given_several_backups_when_failing_then_tried_in_stream_priority_
         await c.close()
 
 
-async def test_given_inactive_account_then_its_streams_are_never_tried(provider: FakeProvider, tmp_path: Path):
+async def test_given_inactive_account_then_its_streams_are_never_tried(
+    provider: FakeProvider, tmp_path: Path
+):
     cfg = config_for(tmp_path, provider, CH, inactive=["a"])
     async with running_relay(cfg, tmp_path) as relay:
         c = await open_stream(relay.port, "/stream/ch1")
@@ -337,7 +341,9 @@ async def test_given_every_stream_fails_at_start_then_503_opaque_and_error_event
     assert ev[0]["attempted"] == ["a/1", "b/2", "c/3"]
 
 
-async def test_given_channel_without_backup_when_it_fails_then_503_at_once(provider: FakeProvider, tmp_path: Path):
+async def test_given_channel_without_backup_when_it_fails_then_503_at_once(
+    provider: FakeProvider, tmp_path: Path
+):
     provider.set(1, fp.status(503))
     cfg = config_for(tmp_path, provider, {"solo": [("a", 1)]})
     async with running_relay(cfg, tmp_path) as relay:
@@ -368,7 +374,9 @@ async def test_given_streaming_when_every_backup_fails_then_response_ends_and_er
 # ---- AC5: events -------------------------------------------------------------------------------
 
 
-async def test_given_failover_then_event_has_fields_in_jsonl_and_sqlite(provider: FakeProvider, tmp_path: Path):
+async def test_given_failover_then_event_has_fields_in_jsonl_and_sqlite(
+    provider: FakeProvider, tmp_path: Path
+):
     cfg = config_for(tmp_path, provider, CH)
     async with running_relay(cfg, tmp_path) as relay:
         c = await open_stream(relay.port, "/stream/ch1")
@@ -381,8 +389,17 @@ async def test_given_failover_then_event_has_fields_in_jsonl_and_sqlite(provider
         await until(lambda: not relay.sessions, what="session end")
         await flushed(relay)
     lines = read_events(tmp_path)
-    fo = [e for e in lines if e["event"] == "failover"][0]
-    for key in ("channel", "from_stream", "to_stream", "reason", "timestamp", "level", "attempted", "switch_ms"):
+    fo = next(e for e in lines if e["event"] == "failover")
+    for key in (
+        "channel",
+        "from_stream",
+        "to_stream",
+        "reason",
+        "timestamp",
+        "level",
+        "attempted",
+        "switch_ms",
+    ):
         assert key in fo
     assert fo["channel"] == "ch1" and fo["level"] == "warn" and fo["category"] == "failover"
     ts = datetime.fromisoformat(fo["timestamp"].replace("Z", "+00:00"))
