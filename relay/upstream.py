@@ -188,10 +188,10 @@ class _ResponseProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.finished:
             return
-        if not self.head_done:
-            self._end(Reason.CONNECTION_ERROR, None)
+        if not self.head_done or isinstance(exc, OSError):
+            self._end(Reason.CONNECTION_ERROR, None)  # refused before the head, or reset mid-stream
         else:
-            self._end(Reason.STREAM_ERROR, None)
+            self._end(Reason.STREAM_ERROR, None)  # the provider ended the stream
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -107,12 +108,12 @@ class StreamClient:
         self._task = asyncio.create_task(self._read_body())
 
     async def _read_body(self) -> None:
-        loop = asyncio.get_running_loop()
+        clock = time.monotonic  # the loop's clock base, without uvloop's millisecond rounding
         try:
             if not self.chunked:
                 while data := await self.reader.read(65536):
                     self.body += data
-                    self.arrivals.append((loop.time(), len(self.body)))
+                    self.arrivals.append((clock(), len(self.body)))
                 return
             while True:
                 line = await self.reader.readuntil(b"\r\n")
@@ -124,7 +125,7 @@ class StreamClient:
                 data = await self.reader.readexactly(size)
                 assert await self.reader.readexactly(2) == b"\r\n", "chunk not terminated by CRLF"
                 self.body += data
-                self.arrivals.append((loop.time(), len(self.body)))
+                self.arrivals.append((clock(), len(self.body)))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

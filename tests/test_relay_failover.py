@@ -65,7 +65,10 @@ async def test_given_active_stream_when_primary_fails_midstream_then_backup_byte
         await flushed(relay)
         ev = events_named(tmp_path, "failover")
         assert len(ev) == 1
-        assert ev[0]["reason"] == ("StreamStall" if how == "stall" else "StreamError")
+        assert (
+            ev[0]["reason"]
+            == {"stall": "StreamStall", "drop": "StreamError", "reset": "ConnectionError"}[how]
+        )
         assert ev[0]["from_stream"] == "a/1" and ev[0]["to_stream"] == "b/2"
         assert ev[0]["switch_ms"] < 2000
         assert whole_packets(c.body)
