@@ -46,6 +46,10 @@ class FailoverConfig(_Model):
     upgrade_after_s: float = Field(60.0, gt=0)  # on a lower-priority stream, probe a better one after this
     cooldown_s: float = Field(30.0, ge=0)  # a stream that failed this recently is tried last at session start
     hedge_delay_s: float = Field(0.25, ge=0)  # head start of one candidate before the next is opened too
+    hold_s: float = Field(0.0, ge=0)  # all failed mid-stream: hold the response open this long, retrying
+    splice: bool = True  # rewrite the TS at a switch so the client's demuxer sees one program
+    keyframe_wait_s: float = Field(1.0, ge=0)  # after a switch, wait at most this for a keyframe
+    no_video_s: float = Field(3.0, gt=0)  # video silent this long while audio flows = NoVideo failure
 
 
 class AccountConfig(_Model):

@@ -18,7 +18,9 @@ The rules, in one place:
   fails (ConnectionError), the status is not 2xx after redirects (HttpError), no body bytes for
   `stall_timeout_s` (StreamStall), or the body ends or errors (StreamError).
 - A mid-stream round that finds nothing within `budget_s` of the detection is *exhausted*: the
-  session ends. A start round is exhausted when every candidate failed.
+  session ends. A start round is exhausted when every candidate failed. With `hold_s` set (for
+  recordings), an exhausted mid-stream round instead holds the response open and retries every
+  candidate with back-off (0.5 s, 1 s, 2 s ... 8 s) until `hold_s` after the detection.
 - Upgrade: `upgrade_after_s` after switching to a lower-priority stream, probe the better
   candidates best first, one at a time, in the background; switch once one delivers packets
   (make-before-break). If none does, stay and restart the timer. When the only free way to probe is
@@ -155,6 +157,7 @@ class State(enum.Enum):
     STARTING = "starting"  # first round, nothing sent to the client yet
     STREAMING = "streaming"
     FAILING_OVER = "failing_over"  # a round after the current stream failed
+    HOLDING = "holding"  # every candidate failed mid-stream; the response is held open, retrying
     EXHAUSTED = "exhausted"
     CLOSED = "closed"
 
@@ -185,6 +188,8 @@ class _Round:
     next_open_at: float = 0.0
     last_status: int | None = None
     last_reason: Reason | None = None
+    detected_at: float = 0.0  # when the failure that started this search was seen (survives a hold)
+    retries: int = 0
 
 
 @dataclass
@@ -220,6 +225,8 @@ class FailoverMachine:
         self._last_data = 0.0
         self._paused = False
         self._upgrade_at: float | None = None
+        self._held: _Round | None = None  # the exhausted round a hold is retrying
+        self._retry_at: float | None = None
         self._started_at = 0.0
         self.failovers = 0
         self.upgrades = 0
@@ -320,6 +327,8 @@ class FailoverMachine:
                 and now - a.head_at >= self.policy.stall_timeout_s
             ):
                 out += self.failed(a.id, Reason.STREAM_STALL, now)
+        if self._retry_at is not None and now >= self._retry_at:
+            self._retry(now, out)
         rnd = self._round
         if rnd is not None:
             if rnd.deadline is not None and now >= rnd.deadline:
@@ -341,8 +350,8 @@ class FailoverMachine:
             self._drop(a, now, out, failed=False)
         was = self.state
         self.state = State.CLOSED
-        self._round = self._upgrade = None
-        self._upgrade_at = None
+        self._round = self._upgrade = self._held = None
+        self._upgrade_at = self._retry_at = None
         self.current = None
         if was is not State.IDLE:
             out.append(
@@ -383,6 +392,8 @@ class FailoverMachine:
                 times.append(rnd.next_open_at)
         if self._upgrade_at is not None:
             times.append(self._upgrade_at)
+        if self._retry_at is not None:
+            times.append(self._retry_at)
         return min(times) if times else None
 
     @property
@@ -408,6 +419,7 @@ class FailoverMachine:
             reason=reason,
             http_status=status,
             from_candidate=failed,
+            detected_at=now,
         )
         self._advance(now, out)
         self._choose(now, out)
@@ -525,7 +537,8 @@ class FailoverMachine:
                         to_stream=a.candidate.ref,
                         reason=str(rnd.reason),
                         http_status=rnd.http_status,
-                        switch_ms=_ms(now - rnd.started_at),
+                        switch_ms=_ms(now - rnd.detected_at),
+                        **({"held_retries": rnd.retries} if rnd.retries else {}),
                         **common,
                     ),
                 )
@@ -538,6 +551,8 @@ class FailoverMachine:
         for a in self._round_attempts():
             self._drop(a, now, out, failed=False)
         self._round = None
+        if self._hold(rnd, now, out):
+            return
         started = rnd.kind != "start"
         self.state = State.EXHAUSTED
         reason = rnd.reason or rnd.last_reason or Reason.CONNECTION_ERROR
@@ -557,6 +572,59 @@ class FailoverMachine:
             )
         )
         out.append(Exhausted(started=started))
+
+    # ---- hold instead of hang up ------------------------------------------------------------
+
+    def _hold(self, rnd: _Round, now: float, out: list[Action]) -> bool:
+        """Mid-stream, with `hold_s` set: keep the response open and retry with back-off."""
+        hold_s = self.policy.hold_s
+        if rnd.kind != "failover" or hold_s <= 0:
+            return False
+        backoff = min(8.0, 0.5 * 2**rnd.retries)
+        if now + backoff >= rnd.detected_at + hold_s:
+            return False
+        if rnd.retries == 0:
+            out.append(
+                Log(
+                    "holding",
+                    "warn",
+                    self._fields(
+                        from_stream=rnd.from_candidate.ref if rnd.from_candidate else None,
+                        reason=str(rnd.reason),
+                        attempted=rnd.attempted,
+                        hold_s=hold_s,
+                    ),
+                )
+            )
+        self.state = State.HOLDING
+        self._held = rnd
+        self._retry_at = now + backoff
+        return True
+
+    def _retry(self, now: float, out: list[Action]) -> None:
+        held = self._held
+        self._retry_at = None
+        self._held = None
+        if held is None:
+            return
+        self.state = State.FAILING_OVER
+        healthy = [c for c in self.candidates if not self._cooling(c, now)]
+        cooling = [c for c in self.candidates if self._cooling(c, now)]
+        self._round = _Round(
+            "failover",
+            healthy + cooling,
+            now,
+            now + self.policy.budget_s,
+            prefer_priority=False,
+            reason=held.reason,
+            http_status=held.http_status,
+            from_candidate=held.from_candidate,
+            attempted=held.attempted,
+            detected_at=held.detected_at,
+            retries=held.retries + 1,
+        )
+        self._advance(now, out)
+        self._choose(now, out)
 
     # ---- upgrades ---------------------------------------------------------------------------
 
@@ -697,7 +765,7 @@ class FailoverMachine:
             "http_status": None,
             "switch_ms": None,
         }
-        base.update(kw)
+        base.update((k, list(v) if isinstance(v, list) else v) for k, v in kw.items())  # a snapshot
         return base
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import itertools
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field

@@ -328,3 +328,42 @@ def test_each_switch_starts_with_fresh_health_state():
     h.ready("b/2", 5.5)
     assert h.tick(10.4) == []  # the backup's stall clock started at its switch, not at a/1's last byte
     assert opened(h.tick(10.5)) == ["a/1"]
+
+
+def test_given_hold_s_when_everything_fails_midstream_then_hold_retry_with_backoff_and_resume():
+    h = Harness(cands(("a", 1), ("b", 2)), hold_s=30.0)
+    streaming(h)
+    h.fail("a/1", Reason.STREAM_ERROR, 10.0)
+    out = h.fail("b/2", Reason.HTTP_ERROR, 10.01, 503)
+    assert not any(isinstance(x, Exhausted) for x in out)
+    assert h.m.state is State.HOLDING and h.events("holding")[0].level == "warn"
+    assert h.m.next_deadline() == 10.51  # first retry after 0.5 s
+    assert opened(h.tick(10.51)) == ["a/1"]
+    h.fail("a/1", Reason.CONNECTION_ERROR, 10.52)
+    h.fail("b/2", Reason.CONNECTION_ERROR, 10.53)
+    assert h.m.next_deadline() == 11.53  # back-off doubled
+    h.tick(11.53)
+    out = h.ready("a/1", 11.6)
+    assert switched(out) == ["a/1"]
+    ev = h.events("failover")[0]
+    assert ev.fields["switch_ms"] == 1600.0 and ev.fields["held_retries"] == 2
+    assert len(h.events("holding")) == 1
+
+
+def test_given_hold_s_when_nothing_comes_back_then_exhausted_at_the_end_of_the_hold():
+    h = Harness(cands(("a", 1)), hold_s=3.0)
+    streaming(h)
+    h.fail("a/1", Reason.STREAM_ERROR, 10.0)  # no other candidate: the round is exhausted at once
+    t = 10.0
+    exhausted = False
+    while t < 20 and not exhausted:
+        d = h.m.next_deadline()
+        assert d is not None
+        t = d
+        out = h.tick(t)
+        for a in out:
+            if isinstance(a, Open):
+                out += h.fail(a.candidate.ref, Reason.HTTP_ERROR, t, 404)
+        exhausted = any(isinstance(x, Exhausted) for x in out)
+    assert exhausted and 10.0 + 1.0 < t <= 13.0
+    assert Exhausted(started=True) in h.actions

@@ -93,7 +93,7 @@ async def test_given_all_tuners_busy_then_503_with_805(provider: FakeProvider, t
     async with running_relay(cfg, tmp_path) as relay:
         c = await open_stream(relay.port, "/stream/one")
         await c.wait_bytes(2_000)
-        status, headers, body = await get(relay.port, "/stream/two")
+        status, headers, _ = await get(relay.port, "/stream/two")
         assert " 503 " in status and headers["x-hdhomerun-error"] == "805 All Tuners In Use"
         await c.close()
         while relay.sessions:
