@@ -21,7 +21,7 @@ from relay import hdhomerun, http11
 from relay.config import Config, ConfigError
 from relay.discovery import device_info, start_discovery
 from relay.events import EventLog
-from relay.failover import HealthMemory, Slots
+from relay.failover import HealthMemory, Slots, State
 from relay.guide import GuideCache
 from relay.server import HttpProtocol, Request
 from relay.session import ChannelSession, Shared
@@ -40,6 +40,7 @@ class Relay:
         self.events: EventLog | None = None
         self.shared: Shared | None = None
         self.sessions: set[ChannelSession] = set()
+        self.by_channel: dict[str, ChannelSession] = {}  # one upstream session per channel, shared
         self.connections: set[HttpProtocol] = set()
         self.server: asyncio.base_events.Server | None = None
         self.started_at = 0.0
@@ -247,18 +248,55 @@ class Relay:
         if req.head_only:
             proto.respond(http11.stream_head("video/mp2t", chunked=proto.chunked), keep_alive=False)
             return
-        if len(self.sessions) >= self.cfg.tuner.tuner_count:
-            busy = hdhomerun.TunerError.ALL_TUNERS_IN_USE.header()
-            proto.respond(http11.error(503, "All tuners in use", headers=[busy]), keep_alive=False)
-            return
-        assert self.store is not None and self.shared is not None
-        candidates = self.store.candidates(ch.id)
-        session = ChannelSession(ch.id, candidates, self.shared, self.sessions.discard)
-        self.sessions.add(session)
+        session = self.by_channel.get(ch.id)
+        if session is None or session.ended:
+            session = self._new_session(ch.id, proto.peer)
+            if session is None:
+                busy = hdhomerun.TunerError.ALL_TUNERS_IN_USE.header()
+                proto.respond(http11.error(503, "All tuners in use", headers=[busy]), keep_alive=False)
+                return
         proto.streaming = True
         proto.session = session
         session.add_output(proto)
-        session.start()
+        if session.machine.state is State.IDLE:
+            session.start()
+
+    def _new_session(self, channel: str, peer: str) -> ChannelSession | None:
+        """A session for a channel nobody watches yet, if a tuner is free (reclaiming one if need be)."""
+        assert self.store is not None and self.shared is not None
+        active = [s for s in self.sessions if not s.lingering]
+        if len(active) >= self.cfg.tuner.tuner_count:
+            return None
+        candidates = self.store.candidates(channel)
+        self._reclaim_slots({c.account for c in candidates}, peer)
+        session = ChannelSession(channel, candidates, self.shared, self._session_ended)
+        self.sessions.add(session)
+        self.by_channel[channel] = session
+        return session
+
+    def _reclaim_slots(self, accounts: set[str], peer: str) -> None:
+        """Zapping on full accounts: free a slot from a lingering session, else from the same client.
+
+        Plex often tunes the next channel before it closes the previous one; on a one-connection
+        account that would be a 503. A lingering session (no client left) gives its slot up at once;
+        failing that, a session whose only clients are the same address (the zapping Plex) does.
+        """
+        assert self.shared is not None
+        slots = self.shared.slots
+        if not accounts or any(slots.free(a) > 0 for a in accounts):
+            return
+        lingering = [s for s in self.sessions if s.lingering]
+        same_client = [s for s in self.sessions if s.outputs and all(o.peer == peer for o in s.outputs)]
+        for victim in (*lingering, *same_client):
+            cur = victim.machine.current_candidate
+            if cur is not None and cur.account in accounts:
+                victim.close("Reclaimed")
+                return
+
+    def _session_ended(self, session: ChannelSession) -> None:
+        self.sessions.discard(session)
+        if self.by_channel.get(session.channel) is session:
+            del self.by_channel[session.channel]
 
 
 def _http_date(ts: float) -> str:

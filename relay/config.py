@@ -31,7 +31,8 @@ class ServerConfig(_Model):
     port: int = Field(5004, ge=0, le=65535)
     max_head_bytes: int = Field(8192, ge=1024)  # a request head over this gets 431
     header_timeout_s: float = Field(10.0, gt=0)  # slowloris guard: head must complete within this
-    linger_s: float = Field(0.0, ge=0)  # keep an upstream this long after its last client leaves
+    linger_s: float = Field(5.0, ge=0)  # keep an upstream this long after its last client leaves
+    client_buffer_bytes: int = Field(4 << 20, ge=64 << 10)  # a client this far behind the others is dropped
 
 
 class StorageConfig(_Model):

@@ -1,35 +1,50 @@
-"""Back-pressure in one place: a paused writer pauses its reader, with idempotent flags."""
+"""Back-pressure in one place: the upstream pauses only when every client it feeds is paused.
+
+One slow client must never slow the others, so a session pauses its upstream only when all of its
+clients stopped draining; a client that falls behind the others is bounded separately (its write
+buffer) and dropped by the session when it exceeds the bound. With a single client this is plain
+back-pressure: a slow client pauses the upstream, and a fast upstream never grows memory.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 
 class FlowControl:
-    """Tracks which writers are paused and calls on_pause / on_resume on the edges only.
-
-    The relay keeps one of these per session: any paused client pauses upstream reading, so a slow
-    client bounds the memory a fast upstream can fill (the transport's write buffer, no more).
-    """
+    """Tracks which writers are paused; calls on_pause / on_resume on the edges only (idempotent)."""
 
     def __init__(self, on_pause: Callable[[], None], on_resume: Callable[[], None]) -> None:
-        self._paused: set[int] = set()
+        self._writers: set[Hashable] = set()
+        self._paused: set[Hashable] = set()
         self._on_pause = on_pause
         self._on_resume = on_resume
+        self.paused = False
 
-    @property
-    def paused(self) -> bool:
-        return bool(self._paused)
+    def add(self, key: Hashable) -> None:
+        self._writers.add(key)
+        self._update()
 
-    def pause(self, key: int) -> None:
-        was = bool(self._paused)
-        self._paused.add(key)
-        if not was:
-            self._on_pause()
-
-    def resume(self, key: int) -> None:
-        if key not in self._paused:
-            return
+    def remove(self, key: Hashable) -> None:
+        self._writers.discard(key)
         self._paused.discard(key)
-        if not self._paused:
+        self._update()
+
+    def pause(self, key: Hashable) -> None:
+        if key in self._writers:
+            self._paused.add(key)
+            self._update()
+
+    def resume(self, key: Hashable) -> None:
+        if key in self._paused:
+            self._paused.discard(key)
+            self._update()
+
+    def _update(self) -> None:
+        now_paused = bool(self._writers) and self._paused >= self._writers
+        if now_paused and not self.paused:
+            self.paused = True
+            self._on_pause()
+        elif not now_paused and self.paused:
+            self.paused = False
             self._on_resume()

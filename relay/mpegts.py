@@ -52,9 +52,10 @@ Theory of operation (Splicer)
   ``keyframe_wait_s`` from the upstream's first packet, any video PES start is accepted.
 - Fast path: between switches a chunk is handled column-wise: header bytes 1-3 of all packets are
   gathered with strided memoryview slices, classified by PID through 256-entry translate tables and
-  big-integer lane arithmetic, and written back in place; only PES starts, PCRs, PSI, audio (PES length
-  counting) and unknown PIDs are looked at one by one. Other PIDs than the program's (SDT, EIT, other
-  services) are dropped; null packets pass.
+  big-integer lane arithmetic, and written back in place. Only PES starts, PCRs, PSI and unknown PIDs
+  are looked at one by one (a few per frame); a bounded audio PES is counted to its end by walking its
+  packets with bytes.find on the class column. PIDs outside the program (SDT, EIT, other services) are
+  dropped; null packets pass.
 """
 
 from __future__ import annotations
@@ -383,13 +384,15 @@ def packetize_section(pid: int, section: bytes, continuity_counter: int = 0) -> 
 
 
 class SectionAssembler:
-    """Reassembles the PSI sections of one PID; returns each complete section whose CRC_32 checks."""
+    """Reassembles the PSI sections of one PID; returns each complete, CRC-checked section that differs
+    from the previous one (PSI repeats every ~100 ms: identical repeats are not checked or parsed again)."""
 
-    __slots__ = ("_active", "_buf")
+    __slots__ = ("_active", "_buf", "_last")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._active = False
+        self._last = b""
 
     def push(self, packet: bytes | bytearray | memoryview) -> list[bytes]:
         afc = (packet[3] >> 4) & 3
@@ -430,7 +433,8 @@ class SectionAssembler:
                 break
             section = bytes(buf[:length])
             del buf[:length]
-            if length > 7 and crc32_mpeg2(section) == 0:
+            if section != self._last and length > 7 and crc32_mpeg2(section) == 0:
+                self._last = section
                 out.append(section)
         return out
 
@@ -525,6 +529,8 @@ class _OutStream:
     pes_start_time: float = 0.0
     pes_cc: int = 0  # continuity_counter of that PES's first packet
     pes_remaining: int = -1  # bytes still due of a bounded audio PES; -1: unbounded
+    pes_chunk: int = -1  # which chunk its first packet was in, and where (packet index)
+    pes_index: int = 0
     cur_pts: int | None = None
     cur_dts: int | None = None
     prev_pts: int | None = None
@@ -552,12 +558,13 @@ class _Tables:
 
     hi: bytes
     lo: bytes
-    kind: bytes  # per class: 0 fast, 1 look at each packet, 2 fast + look at each packet (PES counting)
+    kind: bytes  # per class: 0 rewritten column-wise, 1 each packet looked at
     new_hi: bytes
     new_lo: bytes
     delta: bytes
     identity: bool
     tracked: list[tuple[int, _OutStream]]  # class byte -> output stream, for last_cc
+    counted: list[tuple[int, _OutStream]]  # audio classes: bounded PES are counted to their end
 
 
 @dataclass(slots=True)
@@ -644,6 +651,7 @@ class Splicer:
         self._started = False
         self._had_video = False
         self._last_bridge_psi: float | None = None
+        self._chunks = 0  # serial number of the chunk being processed
 
     # --- public ---------------------------------------------------------------------------------------
 
@@ -688,6 +696,43 @@ class Splicer:
             return
         self._finish_upstream(now)
         self._src = _Upstream()
+
+    def join_prefix(self) -> bytes:
+        """PAT and PMT for a client joining mid-stream.
+
+        Each packet repeats the last continuity_counter sent on its PID: the joiner's first packet on
+        that PID (any value is accepted there), and the next regular one continues it. b"" until there
+        is an output program, and in passthrough mode (the joiner then waits for the stream's own PSI).
+        """
+        if not self.enabled or not self._pat_packets or not self._started:
+            return b""
+        out = bytearray()
+        for p in (*self._pat_packets, *self._pmt_packets):
+            q = bytearray(p)
+            cc = self._psi_cc.get(((q[1] & 0x1F) << 8) | q[2])
+            if cc is not None:
+                q[3] = (q[3] & 0xF0) | cc
+            out += q
+        return bytes(out)
+
+    def keyframe_offset(self, data: bytes | bytearray | memoryview) -> int | None:
+        """Byte offset in an output chunk of the first video packet a decoder can start from.
+
+        A joining client is sent output from there on. None when the chunk has none (or, in
+        passthrough mode or without video, the chunk's start: there is nothing better to wait for).
+        """
+        pmt = self._pmt
+        if not self.enabled or pmt is None:
+            return 0
+        video = [es for es in pmt.streams if stream_kind(es.stream_type, es.ES_info) == "video"]
+        if not video:
+            return 0
+        pid, stype = video[0].elementary_PID, video[0].stream_type
+        hi, lo = 0x40 | (pid >> 8), pid & 0xFF  # payload_unit_start_indicator set, on that PID
+        for off in range(0, len(data) - _PKT + 1, _PKT):
+            if data[off + 1] & 0x5F == hi and data[off + 2] == lo and is_random_access(data, off, stype):
+                return off
+        return None
 
     def bridge(self, now: float) -> bytes:
         """Packets that keep a client fed during a gap; b"" before the session's first real output."""
@@ -927,6 +972,7 @@ class Splicer:
         delta = bytearray(256)
         identity = True
         tracked: list[tuple[int, _OutStream]] = []
+        counted: list[tuple[int, _OutStream]] = []
         for pid in pids:
             h, v = hi_code.get(pid >> 8), lo_code.get(pid & 0xFF)
             if h is None or v is None:
@@ -938,7 +984,9 @@ class Splicer:
             route = src.routes.get(pid)
             if route is None or not route.entered or route.kind == "pcr":
                 continue
-            kind[c] = 2 if route.kind == "audio" else 0
+            kind[c] = 0
+            if route.kind == "audio":
+                counted.append((c, route.out))
             out_pid = route.out.pid
             new_hi[c], new_lo[c], delta[c] = out_pid >> 8, out_pid & 0xFF, route.cc_delta
             identity = identity and out_pid == pid and route.cc_delta == 0
@@ -952,6 +1000,7 @@ class Splicer:
             delta=bytes(delta),
             identity=identity,
             tracked=tracked,
+            counted=counted,
         )
 
     # --- per chunk ------------------------------------------------------------------------------------
@@ -959,6 +1008,7 @@ class Splicer:
     def _chunk(self, buf: memoryview, now: float) -> memoryview | None:
         """Process whole packets in place; return the rest when the routes changed mid-chunk."""
         n = len(buf) // _PKT
+        self._chunks += 1
         b1 = bytes(buf[1::_PKT])
         b2 = bytes(buf[2::_PKT])
         b3 = bytes(buf[3::_PKT])
@@ -1029,6 +1079,9 @@ class Splicer:
                 j = cls.rfind(c, 0, end)
                 if j >= 0 and new_b3:
                     o.last_cc = new_b3[j] & 0x0F
+            for c, o in tables.counted:
+                if o.pes_remaining > 0:
+                    self._count_pes(buf, cls, b3, c, o, end)
         if not restart or end >= n:
             return None
         if tables is not None and not tables.identity:  # undo the column rewrite of the rest
@@ -1037,6 +1090,21 @@ class Splicer:
             rest[2::_PKT] = b2[end:]
             rest[3::_PKT] = b3[end:]
         return buf[end * _PKT :]
+
+    def _count_pes(self, buf: memoryview, cls: bytes, b3: bytes, c: int, o: _OutStream, end: int) -> None:
+        """Count a bounded PES's payload through this chunk's packets of its class; release it when whole."""
+        j = o.pes_index + 1 if o.pes_chunk == self._chunks else 0
+        remaining = o.pes_remaining
+        while (j := cls.find(c, j, end)) >= 0:
+            h3 = b3[j]
+            if h3 & 0x10:
+                remaining -= _PKT - (5 + buf[j * _PKT + 4] if h3 & 0x20 else 4)
+                if remaining <= 0:
+                    o.pes_start = None
+                    remaining = -1
+                    break
+            j += 1
+        o.pes_remaining = remaining
 
     def _packet(
         self,
@@ -1096,7 +1164,7 @@ class Splicer:
                 self._pending_di = False
         if pusi and kind != "pcr":
             self._pes_start(route, buf, off, cc, out_index + len(insert), now)
-        elif o.pes_remaining > 0 and h3 & 0x10:
+        elif o.pes_remaining > 0 and h3 & 0x10 and src.tables is None:  # else _count_pes does it
             o.pes_remaining -= _PKT - (5 + buf[off + 4] if h3 & 0x20 else 4)
             if o.pes_remaining <= 0:
                 o.pes_start = None
@@ -1160,6 +1228,8 @@ class Splicer:
         o.pes_start_time = now
         o.pes_cc = cc
         o.pes_remaining = -1
+        o.pes_chunk = self._chunks
+        o.pes_index = off // _PKT
         if route.kind == "audio" and p + 6 <= _PKT:
             length = (buf[off + p + 4] << 8) | buf[off + p + 5]
             if length:

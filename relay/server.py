@@ -249,11 +249,15 @@ class HttpProtocol(asyncio.Protocol):
 
     # ---- Output (what a channel session calls) ------------------------------------------------
 
+    def buffered(self) -> int:
+        """Bytes written to this client and not yet taken by its socket."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
     def start_stream(self) -> None:
         if self.transport is not None:
             self.transport.write(http11.stream_head("video/mp2t", chunked=self.chunked))
 
-    def send(self, views: list[memoryview], size: int) -> None:
+    def send(self, views: list[bytes | memoryview], size: int) -> None:
         t = self.transport
         if t is None:
             return

@@ -1,9 +1,12 @@
 """A channel session: the I/O shell that carries out the failover machine's actions.
 
-One session per channel: it owns the upstream attempts, one clock timer, and a list of client
-outputs (today one; the shared-upstream work adds more without changing this shape). Packets of
-the current attempt go to every output as one chunk per upstream read, by reference. Decisions are
-made in relay/failover.py; this module only translates between sockets, time and those decisions.
+One session per channel: it owns the upstream attempts, one clock timer, and the list of client
+outputs that share the upstream. Packets of the current attempt go to every output as one chunk per
+upstream read, by reference: no per-client copy. A client joins at a packet boundary; the session
+outlives its last client by `server.linger_s` (a quick return, or Plex's retune, reuses it). A client
+whose write buffer falls more than `server.client_buffer_bytes` behind is dropped, with an event, so
+it never slows the others. Decisions are made in relay/failover.py; this module only translates
+between sockets, time and those decisions.
 """
 
 from __future__ import annotations
@@ -29,14 +32,19 @@ from relay.failover import (
     Switch,
 )
 from relay.flow import FlowControl
+from relay.mpegts import Splicer
 from relay.upstream import UpstreamAttempt
 
 PENDING_LIMIT = 1 << 20  # bytes a not-yet-chosen attempt may buffer before it is paused
+KEEPALIVE_S = 0.25  # how often a silent client is fed null packets, and content health is checked
 
 
 class Output(Protocol):
     """A client of a session, as the session sees it."""
 
+    peer: str
+
+    def buffered(self) -> int: ...
     def start_stream(self) -> None: ...
     def send(self, views: list[memoryview], size: int) -> None: ...
     def unavailable(self) -> None: ...
@@ -81,19 +89,51 @@ class ChannelSession:
         self.bytes_out = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._linger: asyncio.TimerHandle | None = None
         self._on_end = on_end
         self.flow = FlowControl(self._pause_upstream, self._resume_upstream)
+        self.started_at = shared.clock()
+        self.clients_total = 0
+        fo = shared.config.failover
+        self.splicer = Splicer(fo.keyframe_wait_s, fo.no_video_s, enabled=fo.splice)
+        self._held_log: tuple[Log, float] | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._last_out = 0.0
+        self._joining: set[int] = set()  # outputs waiting for a keyframe to start
 
     # ---- outputs ----------------------------------------------------------------------------
 
+    @property
+    def lingering(self) -> bool:
+        """No client left, kept warm for `linger_s`: holds no tuner and is the first to be reclaimed."""
+        return not self.outputs and not self.ended
+
     def add_output(self, out: Output) -> None:
+        """A client joins; if the stream already runs it gets the head now and data from the next chunk."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         self.outputs.append(out)
+        self.flow.add(id(out))
+        self.clients_total += 1
+        if self.started:
+            out.start_stream()
+            intro = self.splicer.join_prefix()
+            if intro:
+                out.send([memoryview(intro)], len(intro))
+            self._joining.add(id(out))
 
     def remove_output(self, out: Output, reason: str = "ClientGone") -> None:
         if out in self.outputs:
             self.outputs.remove(out)
-            self.flow.resume(id(out))
-        if not self.outputs and not self.ended:
+            self.flow.remove(id(out))
+            self._joining.discard(id(out))
+        if self.outputs or self.ended:
+            return
+        linger = self.shared.config.server.linger_s
+        if linger > 0 and self.started:
+            self._linger = self.loop.call_later(linger, self.close, reason)
+        else:
             self.close(reason)
 
     def output_paused(self, out: Output) -> None:
@@ -101,6 +141,16 @@ class ChannelSession:
 
     def output_resumed(self, out: Output) -> None:
         self.flow.resume(id(out))
+
+    def _drop_slow(self, out: Output, size: int) -> None:
+        """A client fell too far behind the others: drop it rather than slow or bloat the session."""
+        self.shared.events.emit(
+            "client_dropped",
+            "warn",
+            {"channel": self.channel, "peer": out.peer, "reason": "SlowClient", "buffered_bytes": size},
+        )
+        self.remove_output(out, "SlowClient")
+        out.abort()
 
     def _pause_upstream(self) -> None:
         self.machine.paused(self.shared.clock())
@@ -130,6 +180,13 @@ class ChannelSession:
 
     def _end(self) -> None:
         self.ended = True
+        self._flush_held_log()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -147,8 +204,9 @@ class ChannelSession:
     def on_packets(self, attempt: int, views: list[memoryview]) -> None:
         cur = self.current
         if cur is not None and cur.id == attempt:  # the hot path
-            self.machine.packets(attempt, self.shared.clock())
-            self._send(views)
+            now = self.shared.clock()
+            self.machine.packets(attempt, now)
+            self._send(views, now)
             return
         att = self.attempts.get(attempt)
         if att is None:
@@ -180,33 +238,99 @@ class ChannelSession:
             elif isinstance(a, Switch):
                 self._switch(self.attempts[a.attempt])
             elif isinstance(a, Log):
-                self.shared.events.emit(a.event, a.level, a.fields)
+                self._log(a)
             elif isinstance(a, Exhausted):
                 self._exhausted(a.started)
                 return
         if not self.ended:
             self._arm()
 
+    def _log(self, a: Log) -> None:
+        """Emit an event; a switch's event waits for the splice's clean entry, so switch_ms includes it."""
+        if a.event in ("failover", "upgrade") and not self.splicer.entered:
+            self._flush_held_log()
+            self._held_log = (a, self.shared.clock())
+            return
+        self.shared.events.emit(a.event, a.level, a.fields)
+
+    def _flush_held_log(self, now: float | None = None) -> None:
+        if self._held_log is None:
+            return
+        a, switched_at = self._held_log
+        self._held_log = None
+        fields = dict(a.fields)
+        if now is not None:
+            entry_ms = round((now - switched_at) * 1000, 1)
+            fields["keyframe_wait_ms"] = entry_ms
+            if fields.get("switch_ms") is not None:
+                fields["switch_ms"] = round(fields["switch_ms"] + entry_ms, 1)
+        self.shared.events.emit(a.event, a.level, fields)
+
     def _switch(self, att: UpstreamAttempt) -> None:
         """From the next whole packet on, relay `att`: the old one's partial packet never goes out."""
+        now = self.shared.clock()
         self.current = att
         if not self.started:
             self.started = True
             for out in self.outputs:
                 out.start_stream()
+            self._keepalive = self.loop.call_later(KEEPALIVE_S, self._keepalive_tick)
+        else:
+            self.splicer.switch(now)
         pending, att.pending, att.pending_bytes = att.pending, [], 0
         if pending:
-            self._send(pending)
+            self._send(pending, now)
         if self.flow.paused:
             self._pause_upstream()
         else:
             att.resume_reading()
 
-    def _send(self, views: list[memoryview]) -> None:
+    def _send(self, views: list[memoryview], now: float) -> None:
+        """The current upstream's packets through the splice to every client, by reference."""
+        out = self.splicer.feed(views, now)
+        if self._held_log is not None and self.splicer.entered:
+            self._flush_held_log(now)
+        if out:
+            self._last_out = now
+            self._write(out)
+
+    def _write(self, views: list[bytes | memoryview]) -> None:
         size = sum(len(v) for v in views) if len(views) > 1 else len(views[0])
         self.bytes_out += size
+        limit = self.shared.config.server.client_buffer_bytes
         for out in self.outputs:
+            if id(out) in self._joining:
+                self._join(out, views)
+                continue
             out.send(views, size)
+            if len(self.outputs) > 1 and out.buffered() > limit:
+                self.loop.call_soon(self._drop_slow, out, out.buffered())
+
+    def _join(self, out: Output, views: list[bytes | memoryview]) -> None:
+        """A joining client starts at the first keyframe of the video (PAT/PMT went out before)."""
+        for i, v in enumerate(views):
+            off = self.splicer.keyframe_offset(v)
+            if off is not None:
+                rest = [memoryview(v)[off:], *views[i + 1 :]]
+                self._joining.discard(id(out))
+                out.send(rest, sum(len(r) for r in rest))
+                return
+
+    def _keepalive_tick(self) -> None:
+        """Every KEEPALIVE_S: bridge a gap with null packets, and check the content's health."""
+        if self.ended:
+            return
+        now = self.shared.clock()
+        self._keepalive = self.loop.call_later(KEEPALIVE_S, self._keepalive_tick)
+        if now - self._last_out >= KEEPALIVE_S and self.outputs and not self.flow.paused:
+            bridge = self.splicer.bridge(now)
+            if bridge:
+                self._last_out = now
+                for out in self.outputs:
+                    if id(out) not in self._joining:
+                        out.send([memoryview(bridge)], len(bridge))
+        if self.current is not None and self.splicer.health(now) == Reason.NO_VIDEO:
+            self._run(self.machine.content_failed(Reason.NO_VIDEO, now))
 
     def _exhausted(self, started: bool) -> None:
         outs = list(self.outputs)

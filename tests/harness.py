@@ -33,7 +33,7 @@ def config_for(
 ) -> dict[str, Any]:
     """A config dict: every account points at `provider` unless `urls` says otherwise."""
     return {
-        "server": {"host": "127.0.0.1", "port": 0},
+        "server": {"host": "127.0.0.1", "port": 0, "linger_s": 0},
         "storage": {"database": str(tmp / "relay.db"), "events": str(tmp / "events.jsonl")},
         "failover": failover,
         "discovery": {"udp": False},

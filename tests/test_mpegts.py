@@ -126,6 +126,7 @@ class Upstream:
     rai: bool = True
     video_packets: int = 3
     psi_every: int = 5
+    extra: tuple[ElementaryStream, ...] = ()  # more PMT rows (no packets)
     cc: dict[int, int] = field(default_factory=dict)
 
     def _next_cc(self, pid: int) -> int:
@@ -140,6 +141,7 @@ class Upstream:
         )
         if self.video_type == 0:
             streams = streams[1:]
+        streams += self.extra
         return ProgramMap(
             self.program_number, self.video_pid if self.video_type else self.audio_pid, b"", streams
         )
@@ -429,6 +431,44 @@ def test_pmt_version_bumps_only_when_the_program_really_changes() -> None:
     out = run(splicer, Upstream(t0=123).stream(11), now=2.0)
     program, version = parse_pmt(sections_on(out, 0x1000)[-1])
     assert version == 2 and [es.elementary_PID for es in program.streams] == [0x100, 0x101]
+
+
+def test_a_mid_stream_pmt_change_is_published_once_with_a_new_version() -> None:
+    """Given the upstream adds a track mid-stream, Then the output PMT (version+1) lists it, once."""
+    up = Upstream()
+    splicer = Splicer()
+    out = run(splicer, up.stream(6))
+    up.extra = (ElementaryStream(0x0F, 0x102, b"\x0a\x04deu\x00"),)
+    out += run(splicer, up.stream(12, start=6))
+    versions = [parse_pmt(s)[1] for s in sections_on(out, 0x1000)]
+    assert versions[0] == 0 and versions[-1] == 1 and versions == sorted(versions)
+    assert [es.elementary_PID for es in parse_pmt(sections_on(out, 0x1000)[-1])[0].streams] == [
+        0x100,
+        0x101,
+        0x102,
+    ]
+    assert cc_errors(out) == []
+
+
+def test_the_splicer_never_writes_into_the_callers_buffer() -> None:
+    splicer = Splicer()
+    run(splicer, Upstream().stream(6))
+    splicer.switch(1.0)
+    data = bytearray(b"".join(B_upstream().stream(10)))
+    before = bytes(data)
+    out = split(join(splicer.feed([memoryview(data)], 1.0)))
+    assert data == before and {pid_of(p) for p in out} & {0x100, 0x101}
+
+
+def test_a_stuck_video_pes_stops_holding_the_program_after_hold_max_s() -> None:
+    """Given video stops mid-stream while audio flows, Then audio is released after hold_max_s."""
+    up = Upstream()
+    splicer = Splicer(hold_max_s=1.0)
+    run(splicer, up.stream(6), now=0.0)
+    held = run(splicer, up.stream(2, start=6, video=False), now=0.5)
+    assert held == [], "within hold_max_s the current video PES still holds everything after it"
+    out = run(splicer, up.stream(2, start=8, video=False), now=1.5)
+    assert sum(1 for p in out if pid_of(p) == 0x101) >= 8
 
 
 def test_foreign_pids_are_dropped_and_null_packets_pass() -> None:
