@@ -19,7 +19,7 @@ import pytest
 
 MEDIA_DIR = Path(__file__).resolve().parent / ".media"
 
-Variant = Literal["h264", "mpeg2"]
+Variant = Literal["h264", "h264b", "mpeg2"]
 
 # Bump to force regeneration when something outside the argument list changes (e.g. ffmpeg quirks).
 _RECIPE_VERSION = 1
@@ -59,6 +59,13 @@ def _ffmpeg_args(seconds: float, variant: Variant) -> list[str]:
             *mux_common,
             "-mpegts_start_pid", "0x100", "-mpegts_pmt_start_pid", "0x1000", "-mpegts_service_id", "1",
         ]  # fmt: skip
+    if variant == "h264b":  # the same codecs as another provider would mux them
+        return [
+            *_ffmpeg_args(seconds, "h264")[: -6],
+            "-streamid", "0:0x1e1", "-streamid", "1:0x1e2",
+            "-mpegts_pmt_start_pid", "0x1e0", "-mpegts_service_id", "7",
+            "-output_ts_offset", "1000",
+        ]  # fmt: skip
     if variant == "mpeg2":
         return [
             *common_in,
@@ -76,6 +83,7 @@ def make_ts(seconds: float = 4, *, variant: Variant = "h264") -> Path:
     """Return a cached MPEG-TS file of ``seconds`` duration, generating it on first use.
 
     ``h264``: libx264 + AAC, ffmpeg default PIDs (video 0x100, audio 0x101, PMT 0x1000, service 1).
+    ``h264b``: the same codecs on PIDs 0x1E1/0x1E2, PMT 0x1E0, service 7, timestamps offset by 1000 s.
     ``mpeg2``: mpeg2video + MP2 on PIDs 0x1E1/0x1E2, PMT 0x1E0, service 7, timestamps offset by 1000 s,
     i.e. everything a relay must not assume stays constant across a failover.
     """
