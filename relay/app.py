@@ -23,6 +23,9 @@ from relay.discovery import device_info, start_discovery
 from relay.events import EventLog
 from relay.failover import HealthMemory, Slots, State
 from relay.guide import GuideCache
+from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from relay.metrics import Metrics
+from relay.notify import Notifier
 from relay.server import HttpProtocol, Request
 from relay.session import ChannelSession, Shared
 from relay.store import Store
@@ -48,6 +51,8 @@ class Relay:
         self.port = cfg.server.port
         self._by_number = {c.number: c.id for c in cfg.channels}
         self.discovery: list[Any] = []
+        self.metrics = Metrics(lambda: self.sessions, lambda: self.shared.slots if self.shared else None)
+        self.notifier = Notifier([n.url for n in cfg.notify])
         self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h)
         get = ("GET", "HEAD")
         self.routes: dict[str, tuple[tuple[str, ...], Handler]] = {
@@ -60,6 +65,8 @@ class Relay:
             "/device.xml": (get, self._device_xml),
             "/": (get, self._device_xml),
             "/xmltv.xml": (get, self._xmltv),
+            "/metrics": (get, self._metrics),
+            "/status": (get, self._status),
         }
         self.prefixes: list[tuple[str, tuple[str, ...], Callable[[HttpProtocol, Request, str], None]]] = [
             ("/stream/", ("GET", "HEAD"), self._stream),
@@ -77,7 +84,9 @@ class Relay:
         self.store = Store(db)
         self.store.sync_config(cfg)
         self.events = EventLog(cfg.path(cfg.storage.events), db, clock=self.wall_clock)
+        self.events.listeners += [self.metrics.on_event, self.notifier.on_event]
         await self.events.open()
+        self.notifier.start()
         self.shared = Shared(
             config=cfg,
             events=self.events,
@@ -122,17 +131,21 @@ class Relay:
             self.server = None
         if self.events is not None:
             await self.events.close()
+        await self.notifier.stop()
         if self.store is not None:
             self.store.close()
 
     def _protocol(self) -> HttpProtocol:
+        full = len(self.connections) >= self.cfg.server.max_clients  # answered 503, then closed
         p = HttpProtocol(
             self.route,
             max_head_bytes=self.cfg.server.max_head_bytes,
             header_timeout_s=self.cfg.server.header_timeout_s,
             on_close=self.connections.discard,
+            reject=full,
         )
-        self.connections.add(p)
+        if not full:
+            self.connections.add(p)
         return p
 
     # ---- routing ------------------------------------------------------------------------------
@@ -181,6 +194,12 @@ class Relay:
                 "channels": len(self.cfg.channels),
             },
         )
+
+    def _metrics(self, proto: HttpProtocol, req: Request) -> None:
+        self._send(proto, req, self.metrics.exposition(), METRICS_CONTENT_TYPE)
+
+    def _status(self, proto: HttpProtocol, req: Request) -> None:
+        self.json(proto, req, self.metrics.status())
 
     # ---- the HDHomeRun tuner Plex talks to ---------------------------------------------------------
 
@@ -294,6 +313,7 @@ class Relay:
                 return
 
     def _session_ended(self, session: ChannelSession) -> None:
+        self.metrics.session_ended(session)
         self.sessions.discard(session)
         if self.by_channel.get(session.channel) is session:
             del self.by_channel[session.channel]

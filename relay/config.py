@@ -33,6 +33,8 @@ class ServerConfig(_Model):
     header_timeout_s: float = Field(10.0, gt=0)  # slowloris guard: head must complete within this
     linger_s: float = Field(5.0, ge=0)  # keep an upstream this long after its last client leaves
     client_buffer_bytes: int = Field(4 << 20, ge=64 << 10)  # a client this far behind the others is dropped
+    client_stall_s: float = Field(30.0, gt=0)  # a client that reads nothing this long frees its provider slot
+    max_clients: int = Field(1024, ge=1)  # open client connections; beyond it 503, so fds stay bounded
 
 
 class StorageConfig(_Model):
@@ -61,6 +63,9 @@ class AccountConfig(_Model):
     active: bool = True
     max_connections: int = Field(1, ge=1)
     user_agent: str = DEFAULT_USER_AGENT
+    tls_verify: bool = True  # https:// providers: check the certificate (off only for a self-signed panel)
+    ca_file: str | None = None  # https:// providers: trust this PEM bundle (relative to the config file)
+    m3u: str | None = None  # extra M3U source: URL, file, or "get.php" (this account's m3u_plus)
 
     @field_validator("url")
     @classmethod
@@ -137,6 +142,34 @@ class GuideConfig(_Model):
         return {"sources": data} if isinstance(data, list | tuple) else data
 
 
+class NotifyTarget(_Model):
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+
+class SyncConfig(_Model):
+    interval_h: float = Field(12.0, gt=0)  # provider lists change daily at most; more often only adds load
+    on_start: bool = True  # sync when `serve` starts, so a fresh install has channels within a minute
+
+
+class NumberingConfig(_Model):
+    start: int = Field(1000, ge=1)  # guide channels are numbered from here, above hand-numbered ones
+
+
+class ChannelsFromGuideConfig(_Model):
+    """Which guide channels a sync makes relay channels; both lists empty: every one with a stream."""
+
+    include: tuple[str, ...] = ()  # guide channel ids or display names; * and ? match anything
+    groups: tuple[str, ...] = ()  # provider categories (group-title); * and ? match anything
+    numbering: NumberingConfig = NumberingConfig()
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -144,6 +177,9 @@ class Config(_Model):
     tuner: TunerConfig = TunerConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
     guide: GuideConfig = GuideConfig()
+    sync: SyncConfig = SyncConfig()
+    channels_from_guide: ChannelsFromGuideConfig = ChannelsFromGuideConfig()
+    notify: tuple[NotifyTarget, ...] = ()  # webhooks: every warn/error event is POSTed as JSON
     accounts: tuple[AccountConfig, ...] = ()
     channels: tuple[ChannelConfig, ...] = ()
     base_dir: Path = Field(default=Path("."), exclude=True)  # the config file's folder

@@ -4,14 +4,18 @@ It stays small: callbacks collect one request at a time, a complete request goes
 router (relay/app.py), and a stream response is an Output of a channel session. Bad input gets a
 short error and a close, never an exception out of a callback: a malformed request (400), a head
 over `server.max_head_bytes` (431), a URL too long (414), a head that does not complete within
-`server.header_timeout_s` (close).
+`server.header_timeout_s` (close), a connection beyond `server.max_clients` (503). A connection
+we close is aborted if its client has not taken the rest of the response within CLOSE_GRACE_S, so
+a client that never reads cannot keep a socket and its buffer forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
@@ -29,6 +33,8 @@ log = logging.getLogger("relay.server")
 WRITE_HIGH_WATER = 256 * 1024  # per client: beyond this the session pauses its upstream
 WRITE_LOW_WATER = 64 * 1024
 FILE_SLICE = 64 * 1024
+SOCKET_SNDBUF = 256 * 1024  # the kernel doubles it; about half a second of a 8 Mbit/s stream
+CLOSE_GRACE_S = 2.0  # after close(), the time a client gets to read what is still buffered
 
 
 @dataclass
@@ -57,8 +63,10 @@ class HttpProtocol(asyncio.Protocol):
         max_head_bytes: int,
         header_timeout_s: float,
         on_close: Callable[[HttpProtocol], None] | None = None,
+        reject: bool = False,
     ) -> None:
         self.router = router
+        self.reject = reject  # over server.max_clients: answer 503 and close
         self.max_head_bytes = max_head_bytes
         self.header_timeout_s = header_timeout_s
         self.on_close = on_close
@@ -84,10 +92,17 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # bound what the kernel buffers per client, so a lagging one shows up here
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SNDBUF)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
         local = transport.get_extra_info("sockname")
         self.local_ip = local[0] if isinstance(local, tuple) else None
+        if self.reject:
+            self._error(503, "Too many connections")
+            return
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -244,8 +259,15 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._closed = True
         self._cancel_header_timer()
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is not None:
+            t.close()
+            if t.get_write_buffer_size():
+                asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self._abort_if_open, t)
+
+    def _abort_if_open(self, t: asyncio.Transport) -> None:
+        if self.transport is t:  # connection_lost has not come: the client is not reading
+            t.abort()
 
     # ---- Output (what a channel session calls) ------------------------------------------------
 

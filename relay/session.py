@@ -5,13 +5,16 @@ outputs that share the upstream. Packets of the current attempt go to every outp
 upstream read, by reference: no per-client copy. A client joins at a packet boundary; the session
 outlives its last client by `server.linger_s` (a quick return, or Plex's retune, reuses it). A client
 whose write buffer falls more than `server.client_buffer_bytes` behind is dropped, with an event, so
-it never slows the others. Decisions are made in relay/failover.py; this module only translates
-between sockets, time and those decisions.
+it never slows the others; a client that stays paused (reads nothing) for `server.client_stall_s` is
+dropped too, so it cannot hold a provider slot forever. Decisions are made in relay/failover.py;
+this module only translates between sockets, time and those decisions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,7 +36,7 @@ from relay.failover import (
 )
 from relay.flow import FlowControl
 from relay.mpegts import Splicer
-from relay.upstream import UpstreamAttempt
+from relay.upstream import UpstreamAttempt, tls_context
 
 PENDING_LIMIT = 1 << 20  # bytes a not-yet-chosen attempt may buffer before it is paused
 KEEPALIVE_S = 0.25  # how often a silent client is fed null packets, and content health is checked
@@ -65,6 +68,12 @@ class Shared:
     def url_for(self, c: Candidate) -> tuple[str, str]:
         acc = self.config.account(c.account)
         return f"{acc.url}/live/{acc.username}/{acc.password}/{c.stream_id}.ts", acc.user_agent
+
+    def tls_for(self, c: Candidate) -> Callable[[], ssl.SSLContext]:
+        """The TLS context an https:// account's connections use (its tls_verify and ca_file)."""
+        acc = self.config.account(c.account)
+        ca = str(self.config.path(acc.ca_file)) if acc.ca_file else None
+        return functools.partial(tls_context, acc.tls_verify, ca)
 
 
 class ChannelSession:
@@ -100,6 +109,7 @@ class ChannelSession:
         self._keepalive: asyncio.TimerHandle | None = None
         self._last_out = 0.0
         self._joining: set[int] = set()  # outputs waiting for a keyframe to start
+        self._stalls: dict[int, asyncio.TimerHandle] = {}  # paused outputs: when they get dropped
 
     # ---- outputs ----------------------------------------------------------------------------
 
@@ -128,6 +138,7 @@ class ChannelSession:
             self.outputs.remove(out)
             self.flow.remove(id(out))
             self._joining.discard(id(out))
+            self._cancel_stall(out)
         if self.outputs or self.ended:
             return
         linger = self.shared.config.server.linger_s
@@ -138,18 +149,32 @@ class ChannelSession:
 
     def output_paused(self, out: Output) -> None:
         self.flow.pause(id(out))
+        if id(out) not in self._stalls:
+            stall_s = self.shared.config.server.client_stall_s
+            self._stalls[id(out)] = self.loop.call_later(stall_s, self._client_stalled, out)
 
     def output_resumed(self, out: Output) -> None:
         self.flow.resume(id(out))
+        self._cancel_stall(out)
 
-    def _drop_slow(self, out: Output, size: int) -> None:
-        """A client fell too far behind the others: drop it rather than slow or bloat the session."""
+    def _cancel_stall(self, out: Output) -> None:
+        timer = self._stalls.pop(id(out), None)
+        if timer is not None:
+            timer.cancel()
+
+    def _client_stalled(self, out: Output) -> None:
+        self._stalls.pop(id(out), None)
+        if out in self.outputs:
+            self._drop_slow(out, out.buffered(), "ClientStalled")
+
+    def _drop_slow(self, out: Output, size: int, reason: str = "SlowClient") -> None:
+        """A client fell too far behind the others, or stopped reading: drop it, free what it holds."""
         self.shared.events.emit(
             "client_dropped",
             "warn",
-            {"channel": self.channel, "peer": out.peer, "reason": "SlowClient", "buffered_bytes": size},
+            {"channel": self.channel, "peer": out.peer, "reason": reason, "buffered_bytes": size},
         )
-        self.remove_output(out, "SlowClient")
+        self.remove_output(out, reason)
         out.abort()
 
     def _pause_upstream(self) -> None:
@@ -187,6 +212,9 @@ class ChannelSession:
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
+        for timer in self._stalls.values():
+            timer.cancel()
+        self._stalls.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -226,7 +254,8 @@ class ChannelSession:
         for a in actions:
             if isinstance(a, Open):
                 url, ua = self.shared.url_for(a.candidate)
-                att = UpstreamAttempt(self.loop, a.attempt, url, self, user_agent=ua)
+                tls = self.shared.tls_for(a.candidate)
+                att = UpstreamAttempt(self.loop, a.attempt, url, self, user_agent=ua, ssl_context=tls)
                 self.attempts[a.attempt] = att
                 att.start()
             elif isinstance(a, Close):

@@ -10,6 +10,7 @@ machine. The URL carries the account's password, so it is never logged or report
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Callable
 from typing import Protocol
@@ -22,12 +23,27 @@ from relay.mpegts import PacketAligner
 
 MAX_HEAD_BYTES = 64 * 1024  # an upstream that sends endless headers is broken, not slow
 MAX_GARBAGE_BYTES = 64 * 1024  # this much without MPEG-TS sync: an HTML page, a gzip body, ...
+_SCHEMES = ("http", "https")
 
 
 class UpstreamSink(Protocol):
     def on_head(self, attempt: int) -> None: ...
     def on_packets(self, attempt: int, views: list[memoryview]) -> None: ...
     def on_failed(self, attempt: int, reason: Reason, status: int | None) -> None: ...
+
+
+@functools.lru_cache(maxsize=16)
+def tls_context(verify: bool = True, ca_file: str | None = None) -> ssl.SSLContext:
+    """The client TLS context for an https:// account; one per setting, shared by its connections.
+
+    `ca_file` adds a PEM bundle to trust (a panel with its own CA); `verify=False` accepts any
+    certificate (a self-signed panel), which still encrypts but no longer authenticates the provider.
+    """
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def redact(url: str) -> str:
@@ -98,7 +114,7 @@ class UpstreamAttempt:
 
     async def _open(self, url: str) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if parts.scheme not in _SCHEMES or not parts.hostname:
             self._fail(Reason.HTTP_ERROR, None)
             return
         tls = parts.scheme == "https"
@@ -136,10 +152,11 @@ class UpstreamAttempt:
     def _redirect(self, location: str, status: int, current_url: str) -> None:
         self._proto = None
         self._redirects += 1
-        if self._redirects > self.max_redirects or not location:
-            self._fail(Reason.HTTP_ERROR, status)
+        target = urljoin(current_url, location)
+        if self._redirects > self.max_redirects or not location or urlsplit(target).scheme not in _SCHEMES:
+            self._fail(Reason.HTTP_ERROR, status)  # a loop, or a hop to ftp:// etc.: the redirect failed
             return
-        self._connect(urljoin(current_url, location))
+        self._connect(target)
 
     def _fail(self, reason: Reason, status: int | None) -> None:
         if self._closed:
@@ -209,6 +226,9 @@ class _ResponseProtocol(asyncio.Protocol):
             return
         if not 200 <= status < 300:
             self._end(Reason.HTTP_ERROR, status)
+            return
+        if self.headers.get(b"content-encoding", b"identity").strip().lower() != b"identity":
+            self._end(Reason.STREAM_ERROR, None)  # we asked for identity: a gzip'd body is no TS stream
             return
         te = self.headers.get(b"transfer-encoding", b"").lower()
         if b"chunked" not in te and b"content-length" not in self.headers:

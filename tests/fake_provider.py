@@ -16,12 +16,16 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import os
 import re
 import secrets
 import socket
+import ssl
 import struct
 import subprocess
+import zlib
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -637,3 +641,186 @@ class FakeProvider:
                     await writer.drain()
                 return
             await asyncio.sleep(self.tick)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hostile upstreams beyond what FakeProvider's behaviours can say: raw bytes on the wire, and TLS
+
+Responder = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawProvider:
+    """A 127.0.0.1 server that reads one request head, then lets ``responder`` write anything at all.
+
+    For upstream input no well-behaved server sends (endless headers, broken chunk framing, a gzip'd
+    body). ``requests`` counts the requests seen, ``live`` the connections still open (a leak check).
+    """
+
+    def __init__(self, responder: Responder) -> None:
+        self.responder = responder
+        self.requests = 0
+        self.live = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    async def __aenter__(self) -> RawProvider:
+        self._server = await asyncio.start_server(self._handle, HOST, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.live += 1
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            self.requests += 1
+            await self.responder(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+            task.uncancel()  # our own close: end quietly (the stream callback reports a cancelled task)
+        finally:
+            writer.transport.abort()
+            self.live -= 1
+            self._tasks.discard(task)
+
+
+async def _until_peer_closes(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass
+
+
+def endless_headers() -> Responder:
+    """``200 OK`` and then header lines forever: the head never ends."""
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\n")
+        for i in itertools.count():
+            writer.write(b"X-Filler-%d: %s\r\n" % (i, b"a" * 200))
+            if i % 32 == 0:
+                await writer.drain()
+                await asyncio.sleep(0.001)
+
+    return respond
+
+
+def noise_200(chunk: int = 16384, interval: float = 0.005) -> Responder:
+    """``200 video/mp2t`` and then random bytes, never a TS packet, until the peer goes."""
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nConnection: close\r\n\r\n")
+        while True:
+            writer.write(os.urandom(chunk).replace(b"\x47", b"\x48"))
+            await writer.drain()
+            await asyncio.sleep(interval)
+
+    return respond
+
+
+def raw_200(body: bytes, headers: bytes = b"Content-Type: text/html\r\n") -> Responder:
+    """``200`` with ``body`` and no length, then silence with the connection left open."""
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n" + headers + b"\r\n" + body)
+        await writer.drain()
+        await _until_peer_closes(reader)
+
+    return respond
+
+
+def raw_bytes(data: bytes) -> Responder:
+    """Exactly ``data`` (status line and all), then silence with the connection left open."""
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(data)
+        await writer.drain()
+        await _until_peer_closes(reader)
+
+    return respond
+
+
+def chunked_bad_framing(data: bytes, good_chunks: int = 4, bad: bytes = b"zz\r\n") -> Responder:
+    """Chunked ``200``: ``good_chunks`` well-framed chunks of ``data``, then ``bad`` for a size line."""
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        step = 188 * 50
+        for i in range(good_chunks):
+            part = data[i * step : (i + 1) * step]
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.write(bad)
+        await writer.drain()
+        await _until_peer_closes(reader)
+
+    return respond
+
+
+def gzip_stream(data: bytes) -> Responder:
+    """``200`` with ``Content-Encoding: gzip`` though we asked for identity: a small gzip'd TS burst."""
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nContent-Encoding: gzip\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        z = zlib.compressobj(wbits=31)  # gzip framing
+        writer.write(z.compress(data[: 188 * 40]) + z.flush(zlib.Z_SYNC_FLUSH))  # a small first burst
+        await writer.drain()
+        await _until_peer_closes(reader)
+
+    return respond
+
+
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A fresh self-signed certificate for 127.0.0.1 (P-256), made with the openssl CLI: (cert, key)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
+class TlsFakeProvider(FakeProvider):
+    """FakeProvider behind TLS (``https://``) with the given certificate; every behaviour works the same."""
+
+    def __init__(self, ts_path: Path | str, *, certfile: Path, keyfile: Path, **kw: Any) -> None:
+        super().__init__(ts_path, **kw)
+        self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._tls.load_cert_chain(certfile, keyfile)
+
+    async def start(self) -> FakeProvider:
+        await super().start()  # loads the media and listens in plain HTTP: replace the listener
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        self._server = await asyncio.start_server(self._handle, HOST, 0, ssl=self._tls)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"https://{HOST}:{self.port}"
