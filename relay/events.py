@@ -31,6 +31,7 @@ CATEGORIES = {
     "upgrade": "failover",
     "upgrade_failed": "failover",
     "exhausted": "failover",
+    "holding": "failover",
     "session_start": "stream",
     "session_end": "stream",
 }
@@ -54,6 +55,10 @@ def message(event: str, f: dict[str, Any]) -> str:
         return f"{ch}: upgraded {frm} -> {to}"
     if event == "upgrade_failed":
         return f"{ch}: upgrade {frm} -> {to} failed ({why}); staying"
+    if event == "holding":
+        return f"{ch}: all streams failed after {frm} ({why}); holding the response, retrying"
+    if event == "client_dropped":
+        return f"{ch}: dropped a viewer that fell behind ({f.get('reason')})"
     if event == "session_start":
         return f"{ch}: session started on {to} in {f.get('ttfb_ms')} ms"
     if event == "session_end":
