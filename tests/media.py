@@ -19,7 +19,7 @@ import pytest
 
 MEDIA_DIR = Path(__file__).resolve().parent / ".media"
 
-Variant = Literal["h264", "h264b", "mpeg2"]
+Variant = Literal["h264", "h264b", "audio", "mpeg2"]
 
 # Bump to force regeneration when something outside the argument list changes (e.g. ffmpeg quirks).
 _RECIPE_VERSION = 1
@@ -65,6 +65,11 @@ def _ffmpeg_args(seconds: float, variant: Variant) -> list[str]:
             "-streamid", "0:0x1e1", "-streamid", "1:0x1e2",
             "-mpegts_pmt_start_pid", "0x1e0", "-mpegts_service_id", "7",
             "-output_ts_offset", "1000",
+        ]  # fmt: skip
+    if variant == "audio":  # a "radio" feed: what a broken provider stream with no picture looks like
+        return [
+            "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000", "-t", f"{seconds:g}",
+            "-c:a", "aac", "-b:a", "64k", "-ac", "2", *mux_common,
         ]  # fmt: skip
     if variant == "mpeg2":
         return [

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests import fake_provider as fp
 from tests.fake_provider import FakeProvider
-from tests.harness import config_for, open_stream, running_relay
+from tests.harness import config_for, open_stream, read_events, running_relay, until
 from tests.media import make_ts, require_ffmpeg
 
 SWITCHES = 4
@@ -107,3 +108,53 @@ async def test_given_a_codec_change_at_a_switch_then_no_decoder_errors(tmp_path:
     assert r["errors"] == []
     back_on_h264 = r["after_each_switch"][1::2]
     assert all(n >= 25 for n in back_on_h264), r["after_each_switch"]
+
+
+async def test_given_a_backup_with_audio_but_no_video_then_it_fails_over_for_no_video(tmp_path: Path):
+    require_ffmpeg()
+    async with FakeProvider(make_ts()) as good, FakeProvider(make_ts(variant="audio")) as radio:
+        cfg = config_for(
+            tmp_path, good, {"ch": [("a", 1), ("b", 2), ("c", 3)]}, urls={"b": radio.url}, no_video_s=1.0
+        )
+        async with running_relay(cfg, tmp_path) as relay:
+            c = await open_stream(relay.port, "/stream/ch")
+            await c.wait_bytes(20_000)
+            await good.drop(1)  # -> b/2, which has sound and no picture
+            await until(lambda: good.active(3) == 1, timeout=6, what="NoVideo failover to c/3")
+            await c.wait_bytes(len(c.body) + 20_000)
+            await relay.events.flush()
+            fo = [e for e in read_events(tmp_path) if e["event"] == "failover"]
+            assert [(e["from_stream"], e["to_stream"], e["reason"]) for e in fo] == [
+                ("a/1", "b/2", "StreamError"),
+                ("b/2", "c/3", "NoVideo"),
+            ]
+            await c.close()
+
+
+async def test_given_hold_s_when_every_stream_fails_then_response_stays_open_fed_and_resumes(
+    provider: FakeProvider, tmp_path: Path
+):
+    cfg = config_for(tmp_path, provider, {"ch": [("a", 1), ("b", 2)]}, hold_s=20.0)
+    async with running_relay(cfg, tmp_path) as relay:
+        c = await open_stream(relay.port, "/stream/ch")
+        await c.wait_bytes(20_000)
+        provider.set(1, fp.status(503))
+        provider.set(2, fp.status(503))
+        await provider.drop(1)
+        await asyncio.sleep(2.0)
+        assert not c.closed  # held open ...
+        n = len(c.body)
+        await asyncio.sleep(0.6)
+        assert len(c.body) > n  # ... and fed (null packets, PAT/PMT) so the client's reads never time out
+        gap = bytes(c.body[n:])
+        pids = {((gap[i + 1] & 0x1F) << 8) | gap[i + 2] for i in range(0, len(gap) - 187, 188)}
+        assert 0x1FFF in pids and pids <= {0x0, 0x1000, 0x1FFF}
+        provider.set(2, fp.ok())  # a backup comes back
+        await until(lambda: provider.active(2) == 1, timeout=10, what="resume on b/2")
+        await c.wait_bytes(len(c.body) + 50_000)
+        await relay.events.flush()
+        names = [e["event"] for e in read_events(tmp_path)]
+        assert "holding" in names and "exhausted" not in names
+        fo = next(e for e in read_events(tmp_path) if e["event"] == "failover")
+        assert fo["to_stream"] == "b/2" and fo["held_retries"] >= 1
+        await c.close()
