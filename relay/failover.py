@@ -185,6 +185,7 @@ class _Round:
     upgrade_target: Candidate | None = None
     attempted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)  # each candidate that failed, and why
     next_open_at: float = 0.0
     last_status: int | None = None
     last_reason: Reason | None = None
@@ -290,6 +291,9 @@ class FailoverMachine:
             self._probe_failed(a, reason, http_status, now, out)
         elif self._round is not None:
             self._round.last_reason, self._round.last_status = reason, http_status
+            self._round.failures.append(
+                {"stream": a.candidate.ref, "reason": str(reason), "http_status": http_status}
+            )
             self._advance(now, out)
             self._choose(now, out)
         return out
@@ -497,6 +501,8 @@ class FailoverMachine:
         common: dict[str, Any] = {"attempted": rnd.attempted}
         if rnd.skipped:
             common["skipped"] = rnd.skipped
+        if rnd.failures:
+            common["failures"] = rnd.failures
         if rnd.kind == "start":
             out.append(
                 Log(
@@ -567,6 +573,7 @@ class FailoverMachine:
                     http_status=rnd.http_status if rnd.reason else rnd.last_status,
                     attempted=rnd.attempted,
                     skipped=rnd.skipped,
+                    failures=rnd.failures,
                     waited_ms=_ms(now - rnd.started_at),
                 ),
             )
@@ -620,6 +627,7 @@ class FailoverMachine:
             http_status=held.http_status,
             from_candidate=held.from_candidate,
             attempted=held.attempted,
+            failures=held.failures,
             detected_at=held.detected_at,
             retries=held.retries + 1,
         )

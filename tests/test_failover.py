@@ -201,7 +201,12 @@ def test_given_priorities_when_candidates_fail_in_turn_then_tried_in_priority_or
     seen += opened(h.fail("c/3", Reason.CONNECTION_ERROR, 10.02))
     assert seen == ["b/2", "c/3", "d/4"]
     h.ready("d/4", 10.03)
-    assert h.events("failover")[0].fields["attempted"] == ["b/2", "c/3", "d/4"]
+    ev = h.events("failover")[0].fields
+    assert ev["attempted"] == ["b/2", "c/3", "d/4"]
+    assert ev["failures"] == [  # each failure is logged, with its reason
+        {"stream": "b/2", "reason": "HttpError", "http_status": 500},
+        {"stream": "c/3", "reason": "ConnectionError", "http_status": None},
+    ]
 
 
 def test_given_recently_failed_primary_when_session_restarts_then_healthy_backup_first():

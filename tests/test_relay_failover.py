@@ -417,6 +417,9 @@ async def test_given_failover_then_event_has_fields_in_jsonl_and_sqlite(
     everything = (tmp_path / "events.jsonl").read_bytes() + b"".join(r[3].encode() for r in rows)
     assert provider.password.encode() not in everything
     assert b"/live/" not in everything
+    db.close()
+    for f in tmp_path.glob("relay.db*"):  # the database itself never holds a password
+        assert provider.password.encode() not in f.read_bytes()
 
 
 # ---- lifecycle and back-pressure -------------------------------------------------------------------
