@@ -2,8 +2,8 @@
 
 Two fake Xtream accounts on 127.0.0.1 serve generated test-pattern MPEG-TS: account demo-a at a
 440 Hz tone, demo-b at 880 Hz, so the switch is audible. Every `fault_every_s` the demo breaks the
-primary of a channel (drop, stall or a 503 for a while, in turn): the relay fails over to the
-backup inside the same response, then upgrades back once the primary has recovered. The demo
+stream each watched channel is on (a drop, a stall, or a 503 for a while, in turn): the relay fails
+over inside the same response, and upgrades back to the primary 30 s after leaving it. The demo
 talks to nothing but 127.0.0.1. It needs ffmpeg to make its media.
 """
 
@@ -16,6 +16,7 @@ import logging
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +97,13 @@ class DemoProvider:
             head = await reader.readuntil(b"\r\n\r\n")
             parts = head.split(b" ", 2)
             path = parts[1].decode("latin-1") if len(parts) > 1 else ""
+            if path.startswith("/xmltv.php"):
+                body = demo_guide().encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: %d\r\n"
+                    b"Connection: close\r\n\r\n%s" % (len(body), body)
+                )
+                return
             segs = path.split("?")[0].split("/")
             if len(segs) != 5 or segs[1] != "live" or (segs[2], segs[3]) != (self.username, self.password):
                 writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -136,6 +144,23 @@ class DemoProvider:
                 await asyncio.sleep(delay)
 
 
+def demo_guide(hours: int = 24) -> str:
+    """A day of hourly programmes for the demo channels, so Plex shows a guide too."""
+    start = int(time.time()) // 3600 * 3600
+    parts = ['<?xml version="1.0" encoding="UTF-8"?>\n<tv generator-info-name="relay demo">']
+    for cid, name, _, _ in DEMO_CHANNELS:
+        parts.append(f'<channel id="{cid}"><display-name>{name}</display-name></channel>')
+    for cid, name, _, _ in DEMO_CHANNELS:
+        for h in range(-1, hours):
+            t0, t1 = (time.strftime("%Y%m%d%H%M%S +0000", time.gmtime(start + k * 3600)) for k in (h, h + 1))
+            parts.append(
+                f'<programme start="{t0}" stop="{t1}" channel="{cid}"><title>{name} test pattern</title>'
+                "<desc>Breaks now and then; the relay keeps the picture.</desc></programme>"
+            )
+    parts.append("</tv>\n")
+    return "\n".join(parts)
+
+
 DEMO_CHANNELS = [("demo.one", "Demo One", "1", "testsrc2"), ("demo.two", "Demo Two", "2", "smptebars")]
 
 
@@ -153,7 +178,9 @@ async def run_demo(stop: asyncio.Event, *, port: int = 5004, fault_every_s: floa
                 None, lambda p=path, t=tone, pat=pattern: make_clip(p, tone_hz=t, pattern=pat)
             )
             clips[acc][100 * i + (0 if acc == "a" else 1)] = path.read_bytes()
-    providers = {acc: DemoProvider(f"demo-{acc}", "demo-password", clips[acc]) for acc in ("a", "b")}
+    providers = {
+        acc: DemoProvider({"a": "alice", "b": "bob"}[acc], "demo-password", clips[acc]) for acc in ("a", "b")
+    }
     for p in providers.values():
         await p.start()
     cfg = parse(
@@ -165,7 +192,7 @@ async def run_demo(stop: asyncio.Event, *, port: int = 5004, fault_every_s: floa
                 {
                     "name": f"demo-{acc}",
                     "url": f"http://127.0.0.1:{p.port}",
-                    "username": f"demo-{acc}",
+                    "username": {"a": "alice", "b": "bob"}[acc],
                     "password": "demo-password",
                 }
                 for acc, p in providers.items()
@@ -191,17 +218,25 @@ async def run_demo(stop: asyncio.Event, *, port: int = 5004, fault_every_s: floa
     log.info("demo: play %s/stream/demo.one (e.g. ffplay or VLC); 440 Hz = primary, 880 Hz = backup", base)
     log.info("demo: events go to %s", home / "events.jsonl")
     faults = itertools.cycle(["drop", "stall", "error"])
+    users = {"demo-a": providers["a"], "demo-b": providers["b"]}
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), fault_every_s)
                 break
             how = next(faults)
-            for i in range(1, len(DEMO_CHANNELS) + 1):
-                providers["a"].break_stream(100 * i, how)
-            log.info("demo: breaking the primaries (%s)", how)
-            if how == "error":
-                loop.call_later(fault_every_s / 2, lambda: [providers["a"].heal(100 * i) for i in (1, 2)])
+            watched = [s for s in relay.sessions if s.machine.current_candidate is not None]
+            if not watched:
+                log.info("demo: nobody is watching; play %s/stream/demo.one to see a failover", base)
+                continue
+            for s in watched:
+                cur = s.machine.current_candidate
+                assert cur is not None
+                provider = users[cur.account]
+                log.info("demo: breaking %s, the stream %s is on (%s)", cur.ref, s.channel, how)
+                provider.break_stream(cur.stream_id, how)
+                if how == "error":
+                    loop.call_later(fault_every_s / 2, provider.heal, cur.stream_id)
     finally:
         await relay.stop()
         for p in providers.values():

@@ -815,7 +815,10 @@ class Splicer:
         dropping: dict[int, int] = {}
         for route in src.routes.values():
             o = route.out
-            if route.entered and o.pes_start is not None and now - o.pes_start_time <= self.hold_max_s:
+            # unfinished, however old: after a stall the switch comes stall_timeout_s later, and the
+            # PES the dead upstream left half-sent must not reach the client (a hold that lapsed while
+            # the stream flowed has no pes_start any more)
+            if route.entered and o.pes_start is not None:
                 dropping[o.pid] = o.pes_start
         for idx, seg in self._held:
             if isinstance(seg, bytearray) or not dropping:

@@ -551,6 +551,24 @@ def test_an_unfinished_pes_of_a_dying_upstream_never_reaches_the_client() -> Non
     assert set(counts) == {3}
 
 
+def test_an_unfinished_pes_is_dropped_even_when_the_switch_comes_after_a_long_stall() -> None:
+    """Given A stalls mid-frame and the stall is detected 5 s later (longer than hold_max_s), When we
+    switch, Then the half-sent frame is still dropped: found in the demo, where it decoded as garbage."""
+    up = Upstream()
+    packets = up.stream(8)
+    last_start = max(n for n, p in enumerate(packets) if pid_of(p) == 0x100 and p[1] & 0x40)
+    splicer = Splicer()
+    out = run(splicer, packets[: last_start + 2])
+    cut_dts = pes_times(packets[last_start])[1]
+    splicer.switch(5.0)  # the stall timeout later: nothing was fed meanwhile
+    out += run(splicer, B_upstream().stream(10), now=5.0)
+    starts = [n for n, p in enumerate(out) if pid_of(p) == 0x100 and p[1] & 0x40]
+    counts = [sum(1 for p in out[a:b] if pid_of(p) == 0x100) for a, b in itertools.pairwise(starts)]
+    assert set(counts) == {3}, "every video PES that went out is whole"
+    in_slot = [p for p in out if pid_of(p) == 0x100 and pes_times(p)[1] == cut_dts]
+    assert len(in_slot) == 1 and in_slot[0][5] & 0x40, "the one PES at that DTS is B's keyframe"
+
+
 def test_a_complete_bounded_audio_pes_is_not_held() -> None:
     """Audio PES carry PES_packet_length: once complete they go out, they do not wait for the next one."""
     up = Upstream(video_type=0)
