@@ -1,5 +1,5 @@
 """Issue 4 end to end: ffmpeg reads a channel whose upstreams differ in PIDs, service id and timeline
-while the relay fails over every few seconds. With the splice it sees one continuous program; without
+while the relay fails over every few seconds (drops and stalls, in turn). With the splice it sees one continuous program; without
 it (failover.splice: false) it reports the errors peers' users see. Both counts are printed.
 """
 
@@ -19,6 +19,7 @@ from tests.media import make_ts, require_ffmpeg
 
 SWITCHES = 4
 EVERY_S = 2.5
+STALL_S = 1.5  # longer than the splicer's hold_max_s, as a real 5 s stall is
 
 
 async def relay_through_failovers(tmp: Path, *, splice: bool, second: str = "h264b") -> dict:
@@ -26,7 +27,9 @@ async def relay_through_failovers(tmp: Path, *, splice: bool, second: str = "h26
     require_ffmpeg()
     a_media, b_media = make_ts(), make_ts(variant=second)  # type: ignore[arg-type]
     async with FakeProvider(a_media) as pa, FakeProvider(b_media) as pb:
-        cfg = config_for(tmp, pa, {"ch": [("a", 1), ("b", 2)]}, urls={"b": pb.url}, splice=splice)
+        cfg = config_for(
+            tmp, pa, {"ch": [("a", 1), ("b", 2)]}, urls={"b": pb.url}, splice=splice, stall_timeout_s=STALL_S
+        )
         async with running_relay(cfg, tmp) as relay:
             loop = asyncio.get_running_loop()
             url = f"http://127.0.0.1:{relay.port}/stream/ch"
@@ -54,7 +57,10 @@ async def relay_through_failovers(tmp: Path, *, splice: bool, second: str = "h26
             for i in range(SWITCHES):
                 await asyncio.sleep(EVERY_S)
                 prov, sid = (pa, 1) if i % 2 == 0 else (pb, 2)
-                switches.append(await prov.drop(sid))
+                if i % 2:  # a stall leaves a frame half-sent; detection takes stall_timeout_s
+                    switches.append(prov.stall(sid) + STALL_S)
+                else:
+                    switches.append(await prov.drop(sid))
             async with asyncio.timeout(40):
                 await proc.wait()
                 await reader
