@@ -29,6 +29,7 @@ from relay.notify import Notifier
 from relay.server import HttpProtocol, Request
 from relay.session import ChannelSession, Shared
 from relay.store import Store
+from relay.sync import start_sync, stop_sync
 
 log = logging.getLogger("relay")
 
@@ -51,6 +52,7 @@ class Relay:
         self.port = cfg.server.port
         self._by_number = {c.number: c.id for c in cfg.channels}
         self.discovery: list[Any] = []
+        self.sync_task: asyncio.Task[None] | None = None  # relay.sync: accounts and guide channels
         self.metrics = Metrics(lambda: self.sessions, lambda: self.shared.slots if self.shared else None)
         self.notifier = Notifier([n.url for n in cfg.notify])
         self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h)
@@ -114,6 +116,7 @@ class Relay:
         log.info("listening on http://%s:%d", _host_for_url(cfg.server.host), self.port)
         self.discovery = await start_discovery(cfg, device_info(cfg, self.port), loop, log)
         self.guide.start()
+        self.sync_task = start_sync(self.cfg, self.store, self.events)
 
     async def stop(self) -> None:
         """Stop accepting, end every stream cleanly, flush every event to both sinks."""
@@ -122,6 +125,7 @@ class Relay:
         for d in self.discovery:
             d.close()
         await self.guide.stop()
+        await stop_sync(self.sync_task)
         for s in list(self.sessions):
             s.close("Shutdown")
         for c in list(self.connections):

@@ -1,4 +1,4 @@
-"""Command line: `relay serve [--config PATH]` and `relay demo`.
+"""Command line: `relay serve [--config PATH]`, `relay demo`, and the operator's commands in relay.commands.
 
 A user mistake (bad config, port in use) prints one line and exits 2; no traceback.
 """
@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from relay import commands
 from relay import config as config_mod
 from relay.config import ConfigError
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--port", type=int, default=5004)
     d.add_argument("--fault-every", type=float, default=20.0, help="seconds between injected faults")
     d.set_defaults(func=cmd_demo)
+    commands.add_parsers(sub)  # sync, channels, map, unmap, events
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     return int(args.func(args))

@@ -188,6 +188,7 @@ async def run_demo(stop: asyncio.Event, *, port: int = 5004, fault_every_s: floa
             "server": {"host": "127.0.0.1", "port": port},
             "storage": {"database": str(home / "relay.db"), "events": str(home / "events.jsonl")},
             "failover": {"upgrade_after_s": 30},
+            "sync": {"on_start": False},  # the demo providers have streams and a guide, no player_api
             "accounts": [
                 {
                     "name": f"demo-{acc}",

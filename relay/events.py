@@ -34,6 +34,8 @@ CATEGORIES = {
     "holding": "failover",
     "session_start": "stream",
     "session_end": "stream",
+    "account_inactive": "provider",
+    "account_active": "provider",
 }
 
 
@@ -65,6 +67,10 @@ def message(event: str, f: dict[str, Any]) -> str:
         return (
             f"{ch}: session ended ({why}) after {f.get('duration_ms')} ms, {f.get('failovers', 0)} failovers"
         )
+    if event == "account_inactive":
+        return f"account {f.get('account')}: {why}; not used until a sync finds it usable again"
+    if event == "account_active":
+        return f"account {f.get('account')}: usable again (was {f.get('was')})"
     return f"{ch}: {event}"
 
 

@@ -29,7 +29,7 @@ import time
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
@@ -189,12 +189,9 @@ class _BuildState:
     bad_times: int = 0
 
 
-def _copy_programmes(stream: _Reader, index: int, state: _BuildState, out: TextIO) -> None:
-    """Stream one source: keep the programmes of configured channels, re-keyed, into `out`.
-
-    A channel's programmes come from the first source (in order) that has any, so two accounts
-    serving the same guide do not double every programme.
-    """
+def top_level_elements(stream: _Reader) -> Iterator[ET.Element]:
+    """Each complete child of <tv> (channel, programme), parsed streaming; once the caller moves on,
+    it is cleared, so memory stays at one element whatever the size of the guide."""
     depth = 0
     root: ET.Element | None = None
     for event, elem in ET.iterparse(stream, events=("start", "end")):
@@ -206,6 +203,17 @@ def _copy_programmes(stream: _Reader, index: int, state: _BuildState, out: TextI
         depth -= 1
         if depth != 1 or root is None:
             continue  # inside a child of <tv>: handled with its parent; or </tv> itself
+        yield elem
+        root.clear()  # drop the handled child
+
+
+def _copy_programmes(stream: _Reader, index: int, state: _BuildState, out: TextIO) -> None:
+    """Stream one source: keep the programmes of configured channels, re-keyed, into `out`.
+
+    A channel's programmes come from the first source (in order) that has any, so two accounts
+    serving the same guide do not double every programme.
+    """
+    for elem in top_level_elements(stream):
         if elem.tag == "programme":
             _keep_programme(elem, index, state, out)
         elif elem.tag == "channel":
@@ -213,7 +221,6 @@ def _copy_programmes(stream: _Reader, index: int, state: _BuildState, out: TextI
             icon = elem.find("icon")
             if cid in state.relay_ids and cid not in state.icons and icon is not None and icon.get("src"):
                 state.icons[cid] = icon.get("src", "")
-        root.clear()  # drop the handled child: memory stays at one programme
 
 
 def _keep_programme(elem: ET.Element, index: int, state: _BuildState, out: TextIO) -> None:

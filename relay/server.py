@@ -3,10 +3,10 @@
 It stays small: callbacks collect one request at a time, a complete request goes to the
 router (relay/app.py), and a stream response is an Output of a channel session. Bad input gets a
 short error and a close, never an exception out of a callback: a malformed request (400), a head
-over `server.max_head_bytes` (431), a URL too long (414), a head that does not complete within
-`server.header_timeout_s` (close), a connection beyond `server.max_clients` (503). A connection
-we close is aborted if its client has not taken the rest of the response within CLOSE_GRACE_S, so
-a client that never reads cannot keep a socket and its buffer forever.
+over `server.max_head_bytes` (431), a URL too long (414), a request (head and body) that does not
+complete within `server.header_timeout_s` (close), a connection beyond `server.max_clients` (503).
+A connection we close is aborted if its client has not taken the rest of the response within
+CLOSE_GRACE_S, so a client that never reads cannot keep a socket and its buffer forever.
 """
 
 from __future__ import annotations
@@ -171,12 +171,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
-        self._raw_head_bytes = 0
-        self._cancel_header_timer()
+        self._raw_head_bytes = 0  # the timer runs on: a body that never ends is a slowloris too
 
     def on_message_complete(self) -> None:
         if self._closed or self.streaming:
             return
+        self._cancel_header_timer()
         try:
             parsed = httptools.parse_url(bytes(self._url))
         except httptools.HttpParserInvalidURLError:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -61,16 +62,83 @@ CREATE TABLE IF NOT EXISTS event_log (
     details TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS event_log_time ON event_log (timestamp);
+CREATE TABLE IF NOT EXISTS mapping_blocks (
+    xmltv_channel_id TEXT NOT NULL,
+    account TEXT NOT NULL,
+    stream_id INTEGER NOT NULL,
+    PRIMARY KEY (xmltv_channel_id, account, stream_id)
+);
 """
 
-CANDIDATES_SQL = """
+# Columns added after the first release: (table, column, definition). Added when missing, so a
+# database from an older relay keeps working; every query above still reads the same.
+COLUMNS = (
+    ("accounts", "inactive_reason", "TEXT"),  # unauthorised/expired/banned/disabled, from the last sync
+    ("accounts", "status", "TEXT"),  # user_info.status as the panel said it
+    ("accounts", "exp_date", "INTEGER"),  # Unix seconds; NULL = unlimited or unknown
+    ("accounts", "api_max_connections", "INTEGER"),  # user_info.max_connections
+    ("accounts", "synced_at", "TEXT"),  # when a sync last imported this account's streams
+    ("xmltv_channels", "names", "TEXT"),  # JSON list of the guide's display names, for name matching
+    ("xmltv_channels", "icon", "TEXT"),
+    ("xmltv_channels", "in_guide", "INTEGER NOT NULL DEFAULT 0"),  # seen in the last complete guide import
+    ("xmltv_channels", "served", "INTEGER NOT NULL DEFAULT 0"),  # a sync made it a relay channel
+    ("xmltv_channels", "hd", "INTEGER NOT NULL DEFAULT 1"),
+)
+
+MAPPING_ORDER = (
+    "m.stream_priority ASC, m.is_primary DESC,"
+    " CASE m.source WHEN 'config' THEN 0 WHEN 'manual' THEN 1 ELSE 2 END, m.id ASC"
+)
+
+CANDIDATES_SQL = (
+    """
 SELECT a.name, x.stream_id, m.stream_priority, m.is_primary
 FROM channel_mappings m
 JOIN xtream_channels x ON x.id = m.xtream_channel_id
 JOIN accounts a ON a.id = x.account_id
 WHERE m.xmltv_channel_id = ? AND a.is_active = 1
-ORDER BY m.stream_priority ASC, m.is_primary DESC, m.id ASC
-"""
+ORDER BY """
+    + MAPPING_ORDER
+)
+
+
+class StreamRow(NamedTuple):
+    """An imported provider stream (`xtream_channels` joined with its account)."""
+
+    key: int  # xtream_channels.id
+    account: str
+    stream_id: int
+    name: str | None
+    epg_channel_id: str | None
+    category: str | None
+
+
+class GuideRow(NamedTuple):
+    """A guide channel (`xmltv_channels`)."""
+
+    id: str
+    display_name: str
+    names: tuple[str, ...]
+    number: str | None
+    in_guide: bool
+    served: bool
+
+
+class MappedStream(NamedTuple):
+    """One mapping of a channel, as `relay channels` lists it."""
+
+    channel_id: str
+    account: str
+    stream_id: int
+    name: str | None
+    priority: int
+    primary: bool
+    source: str  # config, manual, auto
+    active: bool
+
+
+class MappingError(Exception):
+    """A manual mapping the store refuses; str() is the one line to show."""
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -87,6 +155,7 @@ class Store:
         self.path = Path(path)
         self.conn = connect(self.path)
         self.conn.executescript(SCHEMA)
+        _add_columns(self.conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -96,12 +165,26 @@ class Store:
         c = self.conn
         with _tx(c):
             for acc in cfg.accounts:
+                # A line a sync found unusable stays inactive until a sync finds it usable again (or
+                # it is another line: new url or username). An unset max_connections takes the panel's.
                 c.execute(
                     "INSERT INTO accounts (name, url, username, is_active, max_connections)"
                     " VALUES (?,?,?,?,?)"
                     " ON CONFLICT(name) DO UPDATE SET url=excluded.url, username=excluded.username,"
-                    " is_active=excluded.is_active, max_connections=excluded.max_connections",
-                    (acc.name, acc.url, acc.username, int(acc.active), acc.max_connections),
+                    " inactive_reason=CASE WHEN accounts.url=excluded.url AND accounts.username="
+                    "excluded.username THEN accounts.inactive_reason END,"
+                    " is_active=excluded.is_active AND (accounts.inactive_reason IS NULL"
+                    " OR accounts.url!=excluded.url OR accounts.username!=excluded.username),"
+                    " max_connections=CASE WHEN ? THEN excluded.max_connections"
+                    " ELSE COALESCE(accounts.api_max_connections, excluded.max_connections) END",
+                    (
+                        acc.name,
+                        acc.url,
+                        acc.username,
+                        int(acc.active),
+                        acc.max_connections,
+                        "max_connections" in acc.model_fields_set,
+                    ),
                 )
             ids = {name: i for i, name in c.execute("SELECT id, name FROM accounts")}
             c.execute("DELETE FROM channel_mappings WHERE source = 'config'")
@@ -164,6 +247,287 @@ class Store:
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         return [orjson.loads(d) for (d,) in self.conn.execute(sql, args)][::-1]
+
+    # ---- account sync (relay/sync.py): called from its worker thread on its own Store -----------
+
+    def set_account_state(
+        self,
+        account: str,
+        *,
+        inactive_reason: str | None,
+        status: str | None = None,
+        exp_date: int | None = None,
+        api_max_connections: int | None = None,
+        explicit_max: bool = True,
+    ) -> str | None:
+        """Record a login result; returns the previous inactive_reason (an event is due on a change).
+
+        A reason makes the account inactive, so sessions skip it; None makes it active again. The
+        panel's max_connections becomes the limit unless the config sets one.
+        """
+        c = self.conn
+        with _tx(c):
+            row = c.execute("SELECT inactive_reason FROM accounts WHERE name=?", (account,)).fetchone()
+            c.execute(
+                "UPDATE accounts SET inactive_reason=?, is_active=?, status=COALESCE(?, status),"
+                " exp_date=?, api_max_connections=COALESCE(?, api_max_connections),"
+                " max_connections=CASE WHEN ? OR ? IS NULL THEN max_connections ELSE MAX(1, ?) END"
+                " WHERE name=?",
+                (
+                    inactive_reason,
+                    int(inactive_reason is None),
+                    status,
+                    exp_date,
+                    api_max_connections,
+                    explicit_max,
+                    api_max_connections,
+                    api_max_connections,
+                    account,
+                ),
+            )
+        return row[0] if row else None
+
+    def import_streams(
+        self, account: str, rows: Iterable[tuple[int, str, str | None, str | None, str | None]]
+    ) -> int:
+        """Upsert an account's streams (stream_id, name, epg_channel_id, category, icon).
+
+        Streams the account no longer lists are dropped with their automatic mappings; one that a
+        config or manual mapping uses is kept, so a sync never takes a hand-made mapping away.
+        """
+        c = self.conn
+        with _tx(c):
+            (acc_id,) = c.execute("SELECT id FROM accounts WHERE name=?", (account,)).fetchone()
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS seen_streams (stream_id INTEGER PRIMARY KEY)")
+            c.execute("DELETE FROM seen_streams")
+            count = 0
+            for sid, name, epg, category, icon in rows:
+                c.execute("INSERT OR IGNORE INTO seen_streams VALUES (?)", (sid,))
+                c.execute(
+                    "INSERT INTO xtream_channels (account_id, stream_id, name, epg_channel_id, category,"
+                    " icon) VALUES (?,?,?,?,?,?) ON CONFLICT(account_id, stream_id) DO UPDATE SET"
+                    " name=excluded.name, epg_channel_id=excluded.epg_channel_id,"
+                    " category=excluded.category, icon=excluded.icon",
+                    (acc_id, sid, name, epg, category, icon),
+                )
+                count += 1
+            c.execute(
+                "DELETE FROM xtream_channels WHERE account_id=?"
+                " AND stream_id NOT IN (SELECT stream_id FROM seen_streams)"
+                " AND id NOT IN (SELECT xtream_channel_id FROM channel_mappings WHERE source != 'auto')",
+                (acc_id,),
+            )
+            c.execute("UPDATE accounts SET synced_at=? WHERE id=?", (_now(), acc_id))
+        return count
+
+    def stream_count(self, account: str) -> int:
+        (n,) = self.conn.execute(
+            "SELECT COUNT(*) FROM xtream_channels x JOIN accounts a ON a.id=x.account_id"
+            " WHERE a.name=? AND x.name IS NOT NULL",
+            (account,),
+        ).fetchone()
+        return int(n)
+
+    def import_guide_channels(
+        self, rows: Iterable[tuple[str, Sequence[str], str | None]], *, complete: bool
+    ) -> int:
+        """Upsert guide channels (id, display names, icon); `complete`: the others left the guide."""
+        c = self.conn
+        with _tx(c):
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS seen_channels (id TEXT PRIMARY KEY)")
+            c.execute("DELETE FROM seen_channels")
+            count = 0
+            for cid, names, icon in rows:
+                c.execute("INSERT OR IGNORE INTO seen_channels VALUES (?)", (cid,))
+                c.execute(
+                    "INSERT INTO xmltv_channels (id, display_name, names, icon, in_guide) VALUES (?,?,?,?,1)"
+                    " ON CONFLICT(id) DO UPDATE SET display_name=excluded.display_name,"
+                    " names=excluded.names, icon=excluded.icon, in_guide=1",
+                    (cid, names[0] if names else cid, orjson.dumps(list(names)).decode(), icon),
+                )
+                count += 1
+            if complete:
+                c.execute(
+                    "UPDATE xmltv_channels SET in_guide=0 WHERE id NOT IN (SELECT id FROM seen_channels)"
+                )
+        return count
+
+    def streams(self) -> list[StreamRow]:
+        """Every imported stream (rows a config mapping created without a sync have no name)."""
+        return [
+            StreamRow(*r)
+            for r in self.conn.execute(
+                "SELECT x.id, a.name, x.stream_id, x.name, x.epg_channel_id, x.category"
+                " FROM xtream_channels x JOIN accounts a ON a.id=x.account_id ORDER BY x.id"
+            )
+        ]
+
+    def guide_channels(self) -> list[GuideRow]:
+        out = []
+        for cid, display, names, number, in_guide, served in self.conn.execute(
+            "SELECT id, display_name, names, number, in_guide, served FROM xmltv_channels ORDER BY id"
+        ):
+            listed = tuple(orjson.loads(names)) if names else (display,)
+            out.append(GuideRow(cid, display, listed, number, bool(in_guide), bool(served)))
+        return out
+
+    def fixed_pairs(self) -> set[tuple[str, int]]:
+        """(channel, xtream_channels.id) of every config and manual mapping: a sync leaves them alone."""
+        return set(
+            self.conn.execute(
+                "SELECT xmltv_channel_id, xtream_channel_id FROM channel_mappings WHERE source != 'auto'"
+            )
+        )
+
+    def blocks(self) -> set[tuple[str, str, int]]:
+        """(channel, account, stream_id) a person unmapped: a sync does not map them again."""
+        return set(self.conn.execute("SELECT xmltv_channel_id, account, stream_id FROM mapping_blocks"))
+
+    def write_auto_mappings(
+        self,
+        mappings: Iterable[tuple[str, int, int, bool]],
+        served: Iterable[tuple[str, str, bool]],
+    ) -> None:
+        """Replace every automatic mapping (channel, stream key, priority, primary) and the served set.
+
+        One transaction: a session starting meanwhile sees the old mappings or the new, never none.
+        A pair that already has a config or manual mapping keeps it.
+        """
+        c = self.conn
+        with _tx(c):
+            c.execute("DELETE FROM channel_mappings WHERE source = 'auto'")
+            c.executemany(
+                "INSERT INTO channel_mappings (xmltv_channel_id, xtream_channel_id, stream_priority,"
+                " is_primary, source) VALUES (?,?,?,?, 'auto')"
+                " ON CONFLICT(xmltv_channel_id, xtream_channel_id) DO NOTHING",
+                ((ch, key, prio, int(primary)) for ch, key, prio, primary in mappings),
+            )
+            c.execute("UPDATE xmltv_channels SET served=0 WHERE served=1")
+            c.executemany(
+                "UPDATE xmltv_channels SET served=1, number=?, hd=? WHERE id=?",
+                ((number, int(hd), cid) for cid, number, hd in served),
+            )
+
+    def served_channels(self) -> list[tuple[str, str, str, bool]]:
+        """(id, name, number, hd) of the guide channels the last sync made relay channels."""
+        return [
+            (cid, name, number, bool(hd))
+            for cid, name, number, hd in self.conn.execute(
+                "SELECT id, display_name, number, hd FROM xmltv_channels"
+                " WHERE served=1 AND number IS NOT NULL ORDER BY CAST(number AS REAL), id"
+            )
+        ]
+
+    def mapped_streams(self, channel_id: str | None = None) -> list[MappedStream]:
+        """Mappings in the order sessions try them (inactive accounts included, flagged)."""
+        sql = (
+            "SELECT m.xmltv_channel_id, a.name, x.stream_id, x.name, m.stream_priority, m.is_primary,"
+            " m.source, a.is_active FROM channel_mappings m"
+            " JOIN xtream_channels x ON x.id = m.xtream_channel_id JOIN accounts a ON a.id = x.account_id"
+        )
+        args: tuple[str, ...] = ()
+        if channel_id is not None:
+            sql, args = sql + " WHERE m.xmltv_channel_id = ?", (channel_id,)
+        rows = self.conn.execute(f"{sql} ORDER BY m.xmltv_channel_id, {MAPPING_ORDER}", args)
+        return [
+            MappedStream(ch, acc, sid, name, prio, bool(p), src, bool(act))
+            for ch, acc, sid, name, prio, p, src, act in rows
+        ]
+
+    def account_limits(self) -> dict[str, int]:
+        """max_connections per account: the config's, else what the panel reported at the last sync."""
+        return dict(self.conn.execute("SELECT name, max_connections FROM accounts"))
+
+    def accounts(self) -> list[dict[str, Any]]:
+        cols = ("name", "is_active", "inactive_reason", "status", "exp_date", "max_connections", "synced_at")
+        return [
+            dict(zip(cols, r, strict=True))
+            for r in self.conn.execute(f"SELECT {', '.join(cols)} FROM accounts")
+        ]
+
+    # ---- manual mappings (`relay map` / `relay unmap`) -------------------------------------------
+
+    def map_manual(self, channel_id: str, account: str, stream_id: int, priority: int) -> None:
+        """Map a stream to a channel by hand (source 'manual'); a sync never changes it.
+
+        It is written as primary, so it goes before an automatic mapping of the same priority.
+
+        Raises MappingError for an unknown channel or account, or a pair config.yaml maps (config wins).
+        """
+        c = self.conn
+        with _tx(c):
+            if c.execute("SELECT 1 FROM xmltv_channels WHERE id=?", (channel_id,)).fetchone() is None:
+                raise MappingError(f"unknown channel {channel_id!r} (relay channels lists them)")
+            acc = c.execute("SELECT id FROM accounts WHERE name=?", (account,)).fetchone()
+            if acc is None:
+                raise MappingError(f"unknown account {account!r}")
+            c.execute(
+                "INSERT INTO xtream_channels (account_id, stream_id) VALUES (?,?)"
+                " ON CONFLICT(account_id, stream_id) DO NOTHING",
+                (acc[0], stream_id),
+            )
+            (xid,) = c.execute(
+                "SELECT id FROM xtream_channels WHERE account_id=? AND stream_id=?", (acc[0], stream_id)
+            ).fetchone()
+            row = c.execute(
+                "SELECT source FROM channel_mappings WHERE xmltv_channel_id=? AND xtream_channel_id=?",
+                (channel_id, xid),
+            ).fetchone()
+            if row is not None and row[0] == "config":
+                raise MappingError(_CONFIG_WINS.format(channel_id, account, stream_id))
+            c.execute(
+                "INSERT INTO channel_mappings (xmltv_channel_id, xtream_channel_id, stream_priority,"
+                " is_primary, source) VALUES (?,?,?,1,'manual')"
+                " ON CONFLICT(xmltv_channel_id, xtream_channel_id) DO UPDATE SET"
+                " stream_priority=excluded.stream_priority, is_primary=1, source='manual'",
+                (channel_id, xid, priority),
+            )
+            c.execute(
+                "DELETE FROM mapping_blocks WHERE xmltv_channel_id=? AND account=? AND stream_id=?",
+                (channel_id, account, stream_id),
+            )
+
+    def unmap(self, channel_id: str, account: str, stream_id: int) -> str | None:
+        """Remove a manual or automatic mapping and keep a sync from making it again.
+
+        Returns the removed mapping's source, None if there was none. Raises MappingError for a
+        mapping from the config file (config wins: edit it there).
+        """
+        c = self.conn
+        with _tx(c):
+            row = c.execute(
+                "SELECT m.id, m.source FROM channel_mappings m"
+                " JOIN xtream_channels x ON x.id = m.xtream_channel_id JOIN accounts a ON a.id = x.account_id"
+                " WHERE m.xmltv_channel_id=? AND a.name=? AND x.stream_id=?",
+                (channel_id, account, stream_id),
+            ).fetchone()
+            if row is not None and row[1] == "config":
+                raise MappingError(_CONFIG_WINS.format(channel_id, account, stream_id))
+            if row is not None:
+                c.execute("DELETE FROM channel_mappings WHERE id=?", (row[0],))
+            c.execute(
+                "INSERT OR IGNORE INTO mapping_blocks (xmltv_channel_id, account, stream_id) VALUES (?,?,?)",
+                (channel_id, account, stream_id),
+            )
+        return None if row is None else str(row[1])
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    for table, column, definition in COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            except sqlite3.OperationalError as e:  # another connection added it just now
+                if "duplicate column" not in str(e):
+                    raise
+
+
+_CONFIG_WINS = "{} <- {}/{} is set in the config file, which wins over relay map/unmap; edit it there"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _event_row(e: dict[str, Any]) -> tuple[Any, ...]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -206,3 +208,23 @@ async def until(cond: Any, timeout: float = 10.0, what: str = "condition") -> No
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def serve_process(config: Path, log: Path) -> tuple[asyncio.subprocess.Process, int]:
+    """`relay serve --config` as a user runs it, its log appended to `log`; returns it and its port."""
+    root = Path(__file__).resolve().parent.parent
+    start = log.stat().st_size if log.exists() else 0
+    with open(log, "ab") as out:  # the child keeps its own descriptor
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay", "serve", "--config", str(config),
+            stdout=out, stderr=out, cwd=root,
+        )  # fmt: skip
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        text = log.read_bytes()[start:]
+        if m := re.search(rb"listening on http://127\.0\.0\.1:(\d+)", text):
+            return proc, int(m.group(1))
+        if proc.returncode is not None or loop.time() > deadline:
+            raise AssertionError(f"relay did not start: {text[-2000:].decode(errors='replace')}")
+        await asyncio.sleep(0.05)

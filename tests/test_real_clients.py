@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.fake_provider import FakeProvider
+from tests.ffmpeg_client import FfmpegDecoder
 from tests.harness import config_for, running_relay, whole_packets
-from tests.media import require_ffmpeg
 
 CH = {"ch1": [("a", 1), ("b", 2), ("c", 3)]}
 
@@ -18,47 +18,19 @@ CH = {"ch1": [("a", 1), ("b", 2), ("c", 3)]}
 async def test_given_ffmpeg_reading_a_channel_when_two_failovers_happen_then_frames_keep_decoding(
     provider: FakeProvider, tmp_path: Path
 ):
-    require_ffmpeg()
     cfg = config_for(tmp_path, provider, CH)
     async with running_relay(cfg, tmp_path) as relay:
-        loop = asyncio.get_running_loop()
-        proc = await asyncio.create_subprocess_exec(
-            "ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-rw_timeout", "5000000",
-            "-analyzeduration", "1000000", "-probesize", "1000000",
-            "-i", f"http://127.0.0.1:{relay.port}/stream/ch1", "-t", "12",
-            "-f", "null", "-", "-progress", "pipe:1",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert proc.stdout is not None
-        frames: list[tuple[float, int]] = []
-
-        async def progress() -> None:
-            assert proc.stdout is not None
-            async for raw in proc.stdout:
-                line = raw.decode().strip()
-                if line.startswith("frame="):
-                    frames.append((loop.time(), int(line.split("=")[1])))
-
-        reader = asyncio.create_task(progress())
-        async with asyncio.timeout(10):
-            while not frames or frames[-1][1] < 25:  # decoding has begun
-                await asyncio.sleep(0.05)
+        ff = await FfmpegDecoder(f"http://127.0.0.1:{relay.port}/stream/ch1", 12).start()
+        await ff.decoding(25)
         await asyncio.sleep(1.0)
         t1 = await provider.drop(1)
         await asyncio.sleep(3.0)
         t2 = await provider.drop(2)
-        async with asyncio.timeout(30):
-            rc = await proc.wait()
-            await reader
-        assert rc == 0, (await proc.stderr.read()).decode() if proc.stderr else ""
-
-        def decoded_between(a: float, b: float) -> int:
-            inside = [f for t, f in frames if a <= t <= b]
-            return max(inside) - min(inside) if len(inside) > 1 else 0
-
-        assert frames and frames[-1][1] >= 25 * 9  # ~12 s at 25 fps, minus start-up
-        assert decoded_between(t1 + 0.5, t1 + 2.5) >= 25  # frames from the first backup
-        assert decoded_between(t2 + 0.5, t2 + 2.5) >= 25  # and from the second
+        await ff.wait()
+        assert ff.returncode == 0, ff.errors
+        assert ff.total >= 25 * 9  # ~12 s at 25 fps, minus start-up
+        assert ff.decoded_between(t1 + 0.5, t1 + 2.5) >= 25  # frames from the first backup
+        assert ff.decoded_between(t2 + 0.5, t2 + 2.5) >= 25  # and from the second
         assert provider.connections[3] >= 1
 
 

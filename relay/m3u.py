@@ -1,0 +1,204 @@
+"""M3U and m3u_plus playlists: a provider's `get.php`, or any M3U URL or file, read line by line.
+
+Owns: the `#EXTINF` attributes (`tvg-id`, `tvg-name`, `tvg-logo`, `group-title`, with spaces around
+`=` tolerated, PlexIPTV#28), the title after the comma, `#EXTGRP`, and the Xtream stream id inside a
+stream URL (`/live/U/P/1234.ts`, `/U/P/1234`). A playlist of any size costs one entry of memory.
+
+Must never: keep, log or return a stream URL. Those carry the account's credentials; only the stream
+id leaves this module, and the relay builds its own URL from the account when it plays one.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+from relay.config import AccountConfig
+from relay.guide import GuideBuildError, Source, redact_url
+from relay.guide import _open_stream as open_source  # gunzips when needed, caps the size, honours cancel
+from relay.guide import _url_secrets as url_secrets
+from relay.xtream import LiveStream, ssl_context
+
+CHUNK = 1 << 16
+FETCH_TIMEOUT_S = 60.0
+_ATTR = re.compile(r"""([A-Za-z0-9_-]+)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"',]+))""")
+_NOT_LIVE = ("movie", "series", "timeshift")
+
+
+class M3uError(Exception):
+    """The playlist could not be read; str() is scrubbed of credentials."""
+
+
+@dataclass(frozen=True)
+class M3uEntry:
+    """One playlist entry: its title, its #EXTINF attributes (lower-case keys), its stream id."""
+
+    title: str
+    attrs: dict[str, str] = field(default_factory=dict)
+    stream_id: int | None = None  # None: the URL is not an Xtream live URL
+
+    @property
+    def tvg_id(self) -> str | None:
+        return self.attrs.get("tvg-id") or None
+
+    @property
+    def name(self) -> str:
+        return self.title or self.attrs.get("tvg-name") or ""
+
+    @property
+    def logo(self) -> str | None:
+        return self.attrs.get("tvg-logo") or None
+
+    @property
+    def group(self) -> str | None:
+        return self.attrs.get("group-title") or None
+
+
+def stream_id_from_url(url: str) -> int | None:
+    """The stream id of an Xtream live URL (`/live/U/P/1234.ts`, `/U/P/1234`), else None."""
+    segs = [s for s in urllib.parse.urlsplit(url.strip()).path.split("/") if s]
+    if len(segs) < 3 or segs[0].lower() in _NOT_LIVE:
+        return None
+    stem = segs[-1].split(".", 1)[0]
+    return int(stem) if stem.isdigit() else None
+
+
+def parse_extinf(line: str) -> tuple[dict[str, str], str]:
+    """The attributes and the title of an `#EXTINF:` line (the title follows the first bare comma)."""
+    body = line.split(":", 1)[1] if ":" in line else ""
+    quote = ""
+    split_at = -1
+    for i, ch in enumerate(body):
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch == ",":
+            split_at = i
+            break
+    head, title = (body[:split_at], body[split_at + 1 :]) if split_at >= 0 else (body, "")
+    attrs = {
+        m.group(1).lower(): _first(m.group(2), m.group(3), m.group(4)).strip() for m in _ATTR.finditer(head)
+    }
+    return attrs, title.strip()
+
+
+def _first(*values: str | None) -> str:
+    return next((v for v in values if v is not None), "")
+
+
+def parse_m3u(lines: Iterable[str]) -> Iterator[M3uEntry]:
+    """Entries in playlist order; a URL line closes the entry its #EXTINF opened."""
+    attrs: dict[str, str] = {}
+    title = ""
+    group: str | None = None
+    for raw in lines:
+        line = raw.strip().lstrip("\ufeff")
+        if not line:
+            continue
+        if line.startswith("#"):
+            upper = line[:8].upper()
+            if upper.startswith("#EXTINF"):
+                attrs, title = parse_extinf(line)
+                group = None
+            elif upper.startswith("#EXTGRP"):
+                group = line.split(":", 1)[1].strip() if ":" in line else None
+            continue
+        if group and "group-title" not in attrs:
+            attrs["group-title"] = group
+        yield M3uEntry(title=title, attrs=attrs, stream_id=stream_id_from_url(line))
+        attrs, title, group = {}, "", None
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+def iter_lines(stream: Readable) -> Iterator[str]:
+    """Text lines of a byte stream, read in chunks: UTF-8, or Latin-1 for a line that is not."""
+    rest = b""
+    while chunk := stream.read(CHUNK):
+        rest += chunk
+        *lines, rest = rest.split(b"\n")
+        for line in lines:
+            yield _decode(line)
+    if rest:
+        yield _decode(rest)
+
+
+def _decode(line: bytes) -> str:
+    try:
+        return line.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError:
+        return line.decode("latin-1").rstrip("\r")
+
+
+def account_m3u_source(account: AccountConfig, base_dir: Path) -> Source:
+    """The account's `m3u:` as a guide-style Source: a file, a URL, or "get.php" (its m3u_plus)."""
+    value = account.m3u or ""
+    secrets = (account.username, account.password)
+    if value == "get.php":
+        query = urllib.parse.urlencode(
+            {"username": account.username, "password": account.password, "type": "m3u_plus", "output": "ts"}
+        )
+        url = f"{account.url}/get.php?{query}"
+        return Source(label=redact_url(url), url=url, user_agent=account.user_agent, secrets=secrets)
+    if re.match(r"^https?://", value):
+        secrets += url_secrets(value)
+        return Source(label=redact_url(value), url=value, user_agent=account.user_agent, secrets=secrets)
+    p = Path(value)
+    p = p if p.is_absolute() else base_dir / p
+    return Source(label=str(p), path=p, secrets=secrets)
+
+
+def read_m3u_streams(
+    account: AccountConfig, base_dir: Path, *, cancel: threading.Event | None = None
+) -> tuple[list[LiveStream], int]:
+    """The account's M3U as live streams, and how many entries had no Xtream stream id (skipped)."""
+    src = account_m3u_source(account, base_dir)
+    cancel = cancel or threading.Event()
+    streams: list[LiveStream] = []
+    skipped = 0
+    try:
+        if src.path is not None:
+            raw: IO[bytes] = src.path.open("rb")
+        else:
+            req = urllib.request.Request(
+                src.url or "", headers={"User-Agent": src.user_agent, "Accept-Encoding": "gzip"}
+            )
+            raw = urllib.request.urlopen(req, timeout=FETCH_TIMEOUT_S, context=ssl_context(account, base_dir))
+        with raw:
+            for entry in parse_m3u(iter_lines(open_source(raw, cancel))):
+                if entry.stream_id is None:
+                    skipped += 1
+                    continue
+                streams.append(
+                    LiveStream(
+                        stream_id=entry.stream_id,
+                        name=entry.name or str(entry.stream_id),
+                        epg_channel_id=entry.tvg_id,
+                        category=entry.group,
+                        icon=entry.logo,
+                    )
+                )
+    except urllib.error.HTTPError as e:
+        e.close()
+        raise M3uError(src.scrub(f"{src.label}: HTTP {e.code}")) from None
+    except urllib.error.URLError as e:
+        raise M3uError(src.scrub(f"{src.label}: {e.reason}")) from None
+    except GuideBuildError as e:  # over the size limit
+        raise M3uError(src.scrub(f"{src.label}: {e}")) from None
+    except (http.client.HTTPException, ValueError) as e:  # broken framing
+        raise M3uError(src.scrub(f"{src.label}: broken HTTP answer ({type(e).__name__})")) from None
+    except OSError as e:
+        raise M3uError(src.scrub(f"{src.label}: {e.strerror or type(e).__name__}")) from None
+    return streams, skipped
