@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from relay import hdhomerun, http11
-from relay.config import Config, ConfigError
+from relay.config import ChannelConfig, Config, ConfigError
 from relay.discovery import device_info, start_discovery
 from relay.events import EventLog
 from relay.failover import HealthMemory, Slots, State
@@ -29,7 +29,7 @@ from relay.notify import Notifier
 from relay.server import HttpProtocol, Request
 from relay.session import ChannelSession, Shared
 from relay.store import Store
-from relay.sync import start_sync, stop_sync
+from relay.sync import SyncReport, account_limits, channel_list, start_sync, stop_sync
 
 log = logging.getLogger("relay")
 
@@ -50,12 +50,14 @@ class Relay:
         self.started_at = 0.0
         self.host = cfg.server.host
         self.port = cfg.server.port
-        self._by_number = {c.number: c.id for c in cfg.channels}
+        self.channels: list[ChannelConfig] = list(cfg.channels)  # config channels, then synced ones
+        self._by_id = {c.id: c for c in self.channels}
+        self._by_number = {c.number: c.id for c in self.channels}
         self.discovery: list[Any] = []
         self.sync_task: asyncio.Task[None] | None = None  # relay.sync: accounts and guide channels
         self.metrics = Metrics(lambda: self.sessions, lambda: self.shared.slots if self.shared else None)
         self.notifier = Notifier([n.url for n in cfg.notify])
-        self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h)
+        self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h, channels=lambda: self.channels)
         get = ("GET", "HEAD")
         self.routes: dict[str, tuple[tuple[str, ...], Handler]] = {
             "/health": (get, self._health),
@@ -85,6 +87,7 @@ class Relay:
         db.parent.mkdir(parents=True, exist_ok=True)
         self.store = Store(db)
         self.store.sync_config(cfg)
+        self._load_channels()
         self.events = EventLog(cfg.path(cfg.storage.events), db, clock=self.wall_clock)
         self.events.listeners += [self.metrics.on_event, self.notifier.on_event]
         await self.events.open()
@@ -93,7 +96,7 @@ class Relay:
             config=cfg,
             events=self.events,
             health=HealthMemory(),
-            slots=Slots({a.name: a.max_connections for a in cfg.accounts}),
+            slots=Slots(account_limits(cfg, self.store)),
             clock=loop.time,
         )
         try:
@@ -116,7 +119,7 @@ class Relay:
         log.info("listening on http://%s:%d", _host_for_url(cfg.server.host), self.port)
         self.discovery = await start_discovery(cfg, device_info(cfg, self.port), loop, log)
         self.guide.start()
-        self.sync_task = start_sync(self.cfg, self.store, self.events)
+        self.sync_task = start_sync(self.cfg, self.store, self.events, on_synced=self._synced)
 
     async def stop(self) -> None:
         """Stop accepting, end every stream cleanly, flush every event to both sinks."""
@@ -138,6 +141,22 @@ class Relay:
         await self.notifier.stop()
         if self.store is not None:
             self.store.close()
+
+    def _load_channels(self) -> None:
+        assert self.store is not None
+        self.channels = channel_list(self.cfg, self.store)
+        self._by_id = {c.id: c for c in self.channels}
+        self._by_number = {c.number: c.id for c in self.channels}
+
+    def _synced(self, report: SyncReport) -> None:
+        """After a sync: new channels in the lineup and guide, the panels' connection limits."""
+        before = len(self.channels)
+        self._load_channels()
+        if self.shared is not None and self.store is not None:
+            self.shared.slots.limits.update(account_limits(self.cfg, self.store))
+        if len(self.channels) != before:
+            log.info("lineup: %d channels (was %d)", len(self.channels), before)
+            asyncio.get_running_loop().create_task(self.guide.refresh())
 
     def _protocol(self) -> HttpProtocol:
         full = len(self.connections) >= self.cfg.server.max_clients  # answered 503, then closed
@@ -195,7 +214,7 @@ class Relay:
                 "status": "ok",
                 "uptime_s": round(loop.time() - self.started_at, 1),
                 "sessions": len(self.sessions),
-                "channels": len(self.cfg.channels),
+                "channels": len(self.channels),
             },
         )
 
@@ -220,11 +239,11 @@ class Relay:
         )
 
     def _lineup(self, proto: HttpProtocol, req: Request) -> None:
-        body = hdhomerun.lineup_json(self.cfg.channels, self.base_url(proto, req))
+        body = hdhomerun.lineup_json(self.channels, self.base_url(proto, req))
         self._send(proto, req, body, "application/json")
 
     def _lineup_m3u(self, proto: HttpProtocol, req: Request) -> None:
-        body = hdhomerun.lineup_m3u(self.cfg.channels, self.base_url(proto, req))
+        body = hdhomerun.lineup_m3u(self.channels, self.base_url(proto, req))
         self._send(proto, req, body, "audio/x-mpegurl")
 
     def _lineup_status(self, proto: HttpProtocol, req: Request) -> None:
@@ -264,7 +283,7 @@ class Relay:
         self._stream(proto, req, channel)
 
     def _stream(self, proto: HttpProtocol, req: Request, channel: str) -> None:
-        ch = self.cfg.channel(channel)
+        ch = self._by_id.get(channel)
         if ch is None:
             proto.respond(http11.error(404, "Unknown channel"), keep_alive=False)
             return

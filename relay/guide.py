@@ -389,8 +389,10 @@ class GuideCache:
         cache_dir: Path | None = None,
         log: logging.Logger | None = None,
         opener: Opener = http_open,
+        channels: Callable[[], Sequence[ChannelConfig]] | None = None,
     ) -> None:
         self._cfg = cfg
+        self.channels = channels or (lambda: cfg.channels)  # the relay's channel list, synced ones too
         self._refresh_s = refresh_h * 3600.0
         folder = cache_dir if cache_dir is not None else cfg.path(cfg.storage.database).parent
         self.xml_path = folder / "xmltv.xml"
@@ -420,11 +422,11 @@ class GuideCache:
     def ensure_placeholder(self) -> None:
         """Write a channels-only guide if none is on disk (small, quick, synchronous)."""
         if self.current() is None:
-            build_guide(self._cfg.channels, (), self.xml_path, self.gz_path, cancel=self._cancel)
+            build_guide(self.channels(), (), self.xml_path, self.gz_path, cancel=self._cancel)
 
     def _build(self) -> BuildReport:
         return build_guide(
-            self._cfg.channels,
+            self.channels(),
             guide_sources(self._cfg),
             self.xml_path,
             self.gz_path,

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from relay.app import Relay
@@ -22,7 +23,7 @@ from relay.store import Store
 from relay.sync import channel_list, import_guide, run_sync, sync_once
 from relay.xtream import parse_user_info
 from tests.fake_xtream import PASSWORD, Account, FakeXtream, Stream
-from tests.harness import read_events, until
+from tests.harness import read_events, request, until
 
 GUIDE_XML = """<?xml version="1.0" encoding="ISO-8859-1"?>
 <!DOCTYPE tv SYSTEM "xmltv.dtd">
@@ -440,3 +441,30 @@ def test_given_the_sync_in_a_thread_then_it_uses_its_own_connection(tmp_path: Pa
     assert report.accounts[0].state == "ok"
     assert order(store, "tf1.fr") == ["p0/15"]  # visible at once to the relay's own connection
     store.close()
+
+
+async def test_given_a_sync_then_plex_sees_the_guide_channels_in_the_lineup_guide_and_stream_urls(
+    tmp_path: Path, xt: FakeXtream
+) -> None:
+    """The synced channels are servable: lineup, /xmltv.xml and /auto/v{number} all know them."""
+    cfg = make_cfg(tmp_path, xt)
+    relay = Relay(cfg)
+    await relay.start()
+    try:
+        await until(lambda: len(relay.channels) == 4, timeout=10, what="synced channels in the lineup")
+        raw = await request(
+            relay.port, b"GET /lineup.json HTTP/1.1\r\nHost: tv:5004\r\nConnection: close\r\n\r\n"
+        )
+        lineup = orjson.loads(raw.partition(b"\r\n\r\n")[2])
+        assert {e["GuideName"] for e in lineup} >= {"BBC One", "ARTE Télé"}
+        bbc = next(e for e in lineup if e["GuideName"] == "BBC One")
+        assert bbc["URL"] == "http://tv:5004/auto/v1001"
+        await until(
+            lambda: b"1001.relay" in (relay.guide.path() or Path("/dev/null")).read_bytes(), what="guide"
+        )
+        # the panel serves no live TS here: the channel is known (not 404), its streams fail (503 807)
+        raw = await request(relay.port, b"GET /auto/v1001 HTTP/1.1\r\nHost: tv\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 503") and b"807 No Video Data" in raw
+        assert xt.count("login") >= 1
+    finally:
+        await relay.stop()
