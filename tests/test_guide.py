@@ -337,3 +337,54 @@ def test_given_a_50_mb_guide_then_the_build_memory_stays_flat(tmp_path: Path) ->
             el.clear()
     assert programmes == total // 2
     assert seen_channels == {f"{100 + c}.relay" for c in range(0, BIG_CHANNELS, 2)}
+
+
+async def test_given_a_50_mb_guide_then_serving_it_keeps_memory_flat_and_other_requests_quick(
+    tmp_path: Path,
+) -> None:
+    """/xmltv.xml is streamed from the cached file a slice at a time as the socket drains: serving it
+    to a slow reader holds far less than the file in memory and delays no other request."""
+    import tracemalloc
+
+    from relay.app import Relay
+    from tests.harness import request
+
+    src = tmp_path / "big.xml"
+    write_big_guide(src)
+    channels = [{"id": f"src{c}", "name": f"Chaîne {c}", "number": str(100 + c)} for c in range(BIG_CHANNELS)]
+    cfg = parse(
+        {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "discovery": {"udp": False},
+            "guide": [{"file": "big.xml"}],
+            "channels": channels,
+        },
+        base_dir=tmp_path,
+    )
+    relay = Relay(cfg)
+    await relay.start()
+    try:
+        assert await relay.guide.refresh()
+        size = (relay.guide.path() or src).stat().st_size
+        assert size > 40_000_000
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port, limit=65536)
+        tracemalloc.start()
+        writer.write(b"GET /xmltv.xml HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = 0
+        slow_until = asyncio.get_running_loop().time() + 1.0
+        while chunk := await reader.read(65536):
+            got += len(chunk)
+            if asyncio.get_running_loop().time() < slow_until:  # a slow reader for a while
+                await asyncio.sleep(0.01)
+                t0 = asyncio.get_running_loop().time()
+                health = await request(
+                    relay.port, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                assert health.startswith(b"HTTP/1.1 200") and asyncio.get_running_loop().time() - t0 < 0.5
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        writer.close()
+        assert got > size  # the head and the whole file
+        assert peak < 8_000_000, f"{peak / 1e6:.1f} MB held while serving a {size / 1e6:.0f} MB guide"
+    finally:
+        await relay.stop()
