@@ -68,11 +68,20 @@ async def burst(provider: FakeProvider, stop: asyncio.Event) -> int:
 async def test_given_kill_9_mid_burst_of_failovers_when_restarted_then_file_whole_and_sqlite_has_every_event(
     ts_file: Path, tmp_path: Path
 ):
-    async with FakeProvider(ts_file, default=fp.ok(prebuffer=0.5)) as provider:  # backups answer at once
-        await crash_mid_burst(provider, tmp_path)
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        async with FakeProvider(ts_file, default=fp.ok(prebuffer=0.5)) as provider:  # backups answer at once
+            await crash_mid_burst(provider, tmp_path, procs)
+    finally:
+        for proc in procs:  # a failed assertion must not leave a relay running
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
 
-async def crash_mid_burst(provider: FakeProvider, tmp_path: Path) -> None:
+async def crash_mid_burst(
+    provider: FakeProvider, tmp_path: Path, procs: list[asyncio.subprocess.Process]
+) -> None:
     chans = {f"ch{i}": [("a", 100 + i), ("b", 200 + i), ("c", 300 + i)] for i in range(CHANNELS)}
     cfg = config_for(tmp_path, provider, chans, accounts=("a", "b", "c"), cooldown_s=0, upgrade_after_s=3600)
     for acc in cfg["accounts"]:
@@ -85,6 +94,7 @@ async def crash_mid_burst(provider: FakeProvider, tmp_path: Path) -> None:
 
     # Given a relay in the middle of a burst of failovers on every channel
     proc, port = await serve_process(tmp_path / "config.yaml", log)
+    procs.append(proc)
     clients: list[StreamClient] = [await open_stream(port, f"/stream/ch{i}") for i in range(CHANNELS)]
     stop = asyncio.Event()
     driver = asyncio.create_task(burst(provider, stop))
@@ -105,6 +115,7 @@ async def crash_mid_burst(provider: FakeProvider, tmp_path: Path) -> None:
 
     # And restarted
     proc, port = await serve_process(tmp_path / "config.yaml", log)
+    procs.append(proc)
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 10) == 0
 
