@@ -13,7 +13,8 @@ The rules, in one place:
   the previous has not delivered within `hedge_delay_s` (or at once when it failed), so a dead
   backup never eats the budget. At session start, candidates that failed within `cooldown_s` go
   last, and the round prefers priority: a lower candidate that is ready waits for a better one still
-  connecting. After a failure, the first candidate to deliver whole packets wins.
+  connecting, for at most `connect_timeout_s`. After a failure, the first candidate to deliver whole
+  packets wins.
 - An attempt fails when: no response head within `connect_timeout_s` (ConnectionTimeout), the socket
   fails (ConnectionError), the status is not 2xx after redirects (HttpError), no body bytes for
   `stall_timeout_s` (StreamStall), or the body ends or errors (StreamError).
@@ -392,6 +393,11 @@ class FailoverMachine:
         if rnd is not None:
             if rnd.deadline is not None:
                 times.append(rnd.deadline)
+            ready = [
+                a.ready_at for a in self.attempts.values() if a.ready_at is not None and a is not self.current
+            ]
+            if rnd.prefer_priority and ready:
+                times.append(min(ready) + p.connect_timeout_s)
             if rnd.queue:
                 times.append(rnd.next_open_at)
         if self._upgrade_at is not None:
@@ -480,8 +486,9 @@ class FailoverMachine:
             return
         best = ready[0]
         better_pending = any(a.ready_at is None and a.candidate.rank < best.candidate.rank for a in ours)
-        if rnd.prefer_priority and better_pending:
-            return
+        assert best.ready_at is not None
+        if rnd.prefer_priority and better_pending and now < best.ready_at + self.policy.connect_timeout_s:
+            return  # a better one may still answer; a ready one waits at most connect_timeout_s for it
         self._win(best, now, out)
 
     def _win(self, a: _Attempt, now: float, out: list[Action]) -> None:

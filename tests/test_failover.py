@@ -372,3 +372,14 @@ def test_given_hold_s_when_nothing_comes_back_then_exhausted_at_the_end_of_the_h
         exhausted = any(isinstance(x, Exhausted) for x in out)
     assert exhausted and 10.0 + 1.0 < t <= 13.0
     assert Exhausted(started=True) in h.actions
+
+
+def test_given_a_primary_that_answers_but_sends_nothing_at_start_then_a_ready_backup_waits_at_most_connect_timeout():
+    h = Harness(cands(("a", 1), ("b", 2)))
+    h.start(0.0)
+    h.run(h.m.head(h.id("a/1"), 0.05))  # 200 OK, then silence
+    h.tick(0.25)
+    assert switched(h.ready("b/2", 0.3)) == []  # waits for the better one ...
+    assert h.m.next_deadline() == 1.3
+    out = h.tick(1.3)  # ... but not for the stall timeout
+    assert switched(out) == ["b/2"] and Close(h.id("a/1")) in out
