@@ -374,7 +374,7 @@ def test_given_hold_s_when_nothing_comes_back_then_exhausted_at_the_end_of_the_h
     assert Exhausted(started=True) in h.actions
 
 
-def test_given_a_primary_that_answers_but_sends_nothing_at_start_then_a_ready_backup_waits_at_most_connect_timeout():
+def test_given_silent_primary_at_start_then_a_ready_backup_waits_at_most_connect_timeout():
     h = Harness(cands(("a", 1), ("b", 2)))
     h.start(0.0)
     h.run(h.m.head(h.id("a/1"), 0.05))  # 200 OK, then silence
