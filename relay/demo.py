@@ -2,8 +2,8 @@
 
 Two fake Xtream accounts on 127.0.0.1 serve generated test-pattern MPEG-TS: account demo-a at a
 440 Hz tone, demo-b at 880 Hz, so the switch is audible. Every `fault_every_s` the demo breaks the
-stream each watched channel is on (a drop, a stall, or a 503 for a while, in turn): the relay fails
-over inside the same response, and upgrades back to the primary 30 s after leaving it. The demo
+primary of each watched channel (a drop, a stall, or a 503 for a while, in turn): the relay fails
+over to the backup inside the same response, and upgrades back to the primary 30 s later. The demo
 talks to nothing but 127.0.0.1. It needs ffmpeg to make its media.
 """
 
@@ -225,14 +225,20 @@ async def run_demo(stop: asyncio.Event, *, port: int = 5004, fault_every_s: floa
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), fault_every_s)
                 break
-            how = next(faults)
             watched = [s for s in relay.sessions if s.machine.current_candidate is not None]
             if not watched:
                 log.info("demo: nobody is watching; play %s/stream/demo.one to see a failover", base)
                 continue
+            how = next(faults) if any(s.machine.current_candidate.rank == 0 for s in watched) else ""  # type: ignore[union-attr]
             for s in watched:
                 cur = s.machine.current_candidate
                 assert cur is not None
+                if cur.rank > 0:
+                    log.info(
+                        "demo: %s is on its backup; the relay returns to the primary 30 s after the switch",
+                        s.channel,
+                    )
+                    continue
                 provider = users[cur.account]
                 log.info("demo: breaking %s, the stream %s is on (%s)", cur.ref, s.channel, how)
                 provider.break_stream(cur.stream_id, how)
