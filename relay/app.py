@@ -34,6 +34,7 @@ from relay.sync import SyncReport, account_limits, channel_list, start_sync, sto
 log = logging.getLogger("relay")
 
 Handler = Callable[[HttpProtocol, Request], None]
+RECONCILE_S = 30.0  # how often the slot ledger is checked against the connections really open
 
 
 class Relay:
@@ -54,6 +55,7 @@ class Relay:
         self._by_id = {c.id: c for c in self.channels}
         self._by_number = {c.number: c.id for c in self.channels}
         self.discovery: list[Any] = []
+        self._reconciler: asyncio.TimerHandle | None = None
         self.sync_task: asyncio.Task[None] | None = None  # relay.sync: accounts and guide channels
         self.metrics = Metrics(lambda: self.sessions, lambda: self.shared.slots if self.shared else None)
         self.notifier = Notifier([n.url for n in cfg.notify])
@@ -118,6 +120,7 @@ class Relay:
         self.started_at = loop.time()
         log.info("listening on http://%s:%d", _host_for_url(cfg.server.host), self.port)
         self.discovery = await start_discovery(cfg, device_info(cfg, self.port), loop, log)
+        self._reconciler = loop.call_later(RECONCILE_S, self._reconcile_tick)
         self.guide.start()
         self.sync_task = start_sync(self.cfg, self.store, self.events, on_synced=self._synced)
 
@@ -125,6 +128,8 @@ class Relay:
         """Stop accepting, end every stream cleanly, flush every event to both sinks."""
         if self.server is not None:
             self.server.close()
+        if self._reconciler is not None:
+            self._reconciler.cancel()
         for d in self.discovery:
             d.close()
         await self.guide.stop()
@@ -154,9 +159,27 @@ class Relay:
         self._load_channels()
         if self.shared is not None and self.store is not None:
             self.shared.slots.limits.update(account_limits(self.cfg, self.store))
+            reported = {a.name: a.active_cons for a in report.accounts if a.active_cons is not None}
+            self.reconcile_slots(reported)
         if len(self.channels) != before:
             log.info("lineup: %d channels (was %d)", len(self.channels), before)
             asyncio.get_running_loop().create_task(self.guide.refresh())
+
+    def reconcile_slots(self, active_cons: dict[str, int] | None = None) -> None:
+        """Check the slot ledger against the upstream connections really open; log and fix a leak."""
+        if self.shared is None:
+            return
+        open_now: dict[str, int] = {}
+        for s in self.sessions:
+            for a in s.machine.attempts.values():
+                open_now[a.candidate.account] = open_now.get(a.candidate.account, 0) + 1
+        drift = self.shared.slots.reconcile(open_now, active_cons)
+        if drift:
+            log.warning("slots: ledger was off by %s; set to the connections open now", drift)
+
+    def _reconcile_tick(self) -> None:
+        self.reconcile_slots()
+        self._reconciler = asyncio.get_running_loop().call_later(RECONCILE_S, self._reconcile_tick)
 
     def _protocol(self) -> HttpProtocol:
         full = len(self.connections) >= self.cfg.server.max_clients  # answered 503, then closed

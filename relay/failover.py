@@ -130,14 +130,33 @@ class HealthMemory:
 
 
 class Slots:
-    """Provider connections held per account, against each account's `max_connections`."""
+    """Provider connections held per account, against each account's `max_connections`.
+
+    Held slots are leases: every attempt acquires one when opened and releases it when dropped.
+    `reconcile` checks the ledger against the connections really open (and fixes a leak, loudly);
+    `external` counts connections the provider reports on the line that are not ours (another
+    device on the same account), which leave us fewer slots until the next report.
+    """
 
     def __init__(self, limits: dict[str, int]) -> None:
         self.limits = dict(limits)
         self.held: dict[str, int] = {name: 0 for name in limits}
+        self.external: dict[str, int] = {}
 
     def free(self, account: str) -> int:
-        return self.limits.get(account, 1) - self.held.get(account, 0)
+        return self.limits.get(account, 1) - self.held.get(account, 0) - self.external.get(account, 0)
+
+    def reconcile(
+        self, open_now: dict[str, int], active_cons: dict[str, int] | None = None
+    ) -> dict[str, int]:
+        """Set the ledger to the connections open now; returns what was wrong (account -> drift)."""
+        drift = {a: self.held.get(a, 0) - open_now.get(a, 0) for a in set(self.held) | set(open_now)}
+        drift = {a: d for a, d in drift.items() if d}
+        for a in set(self.held) | set(open_now):
+            self.held[a] = open_now.get(a, 0)
+        for a, n in (active_cons or {}).items():
+            self.external[a] = max(0, n - self.held.get(a, 0))
+        return drift
 
     def acquire(self, account: str) -> None:
         if self.free(account) <= 0:

@@ -73,6 +73,7 @@ class AccountResult:
     was: str | None = None  # the inactive reason before this sync
     exp_date: int | None = None
     max_connections: int | None = None
+    active_cons: int | None = None  # the panel's count of this line's open connections, at the call
 
 
 @dataclass
@@ -153,6 +154,7 @@ def sync_account(
         info = client.user_info()
         res.reason = info.problem(now)
         res.exp_date, res.max_connections = info.exp_date, info.max_connections
+        res.active_cons = info.active_cons
         res.was = store.set_account_state(
             acc.name,
             inactive_reason=res.reason,

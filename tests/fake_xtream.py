@@ -43,6 +43,7 @@ class Account:
     status: str = "Active"
     exp_date: Any = None  # None = unlimited; real panels send a string of Unix seconds
     max_connections: Any = "2"
+    active_cons: Any = "0"  # the line's open connections, as the panel counts them
 
 
 @dataclass
@@ -163,7 +164,7 @@ class FakeXtream:
                 "status": a.status,
                 "exp_date": a.exp_date,
                 "is_trial": "0",
-                "active_cons": "0",
+                "active_cons": a.active_cons,
                 "created_at": "1535225504",
                 "max_connections": a.max_connections,
                 "allowed_output_formats": ["m3u8", "ts"],

@@ -383,3 +383,16 @@ def test_given_silent_primary_at_start_then_a_ready_backup_waits_at_most_connect
     assert h.m.next_deadline() == 1.3
     out = h.tick(1.3)  # ... but not for the stall timeout
     assert switched(out) == ["b/2"] and Close(h.id("a/1")) in out
+
+
+def test_slots_reconcile_fixes_a_leak_and_counts_other_devices_on_the_line():
+    slots = Slots({"a": 2, "b": 1})
+    slots.acquire("a")
+    slots.acquire("a")  # one of these was never released: a leak
+    assert slots.reconcile({"a": 1}) == {"a": 1}
+    assert slots.held == {"a": 1, "b": 0} and slots.free("a") == 1
+    assert slots.reconcile({"a": 1}) == {}  # nothing wrong now
+    slots.reconcile({"a": 1}, active_cons={"a": 2, "b": 1})  # the panel sees one more on a, one on b
+    assert slots.free("a") == 0 and slots.free("b") == 0
+    slots.reconcile({"a": 1}, active_cons={"a": 1, "b": 0})  # the other device went away
+    assert slots.free("a") == 1 and slots.free("b") == 1

@@ -237,3 +237,20 @@ async def test_webhook_receives_every_failover_naming_from_and_to(provider: Fake
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_given_a_leaked_slot_then_reconcile_restores_the_ledger_to_the_open_connections(
+    provider: FakeProvider, tmp_path: Path
+):
+    cfg = config_for(tmp_path, provider, {"ch": [("a", 1), ("b", 2), ("c", 3)]})
+    async with running_relay(cfg, tmp_path) as relay:
+        c = await open_stream(relay.port, "/stream/ch")
+        await c.wait_bytes(5_000)
+        relay.shared.slots.held["b"] += 1  # a bug somewhere leaked one
+        relay.reconcile_slots()
+        assert relay.shared.slots.held == {"a": 1, "b": 0, "c": 0, "d": 0}
+        relay.reconcile_slots(active_cons={"b": 1})  # the panel reports a connection we do not hold
+        await provider.drop(1)  # so the failover must skip b (its one slot is someone else's)
+        await until(lambda: provider.active(3) == 1, what="failover past the full account")
+        assert provider.active(2) == 0
+        await c.close()

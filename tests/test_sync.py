@@ -468,3 +468,20 @@ async def test_given_a_sync_then_plex_sees_the_guide_channels_in_the_lineup_guid
         assert xt.count("login") >= 1
     finally:
         await relay.stop()
+
+
+async def test_given_the_panel_reports_connections_we_do_not_hold_then_those_slots_are_not_used(
+    tmp_path: Path, xt: FakeXtream
+) -> None:
+    """Slots are reconciled with user_info.active_cons at each sync: another device on the line counts."""
+    xt.account = Account(max_connections="2", active_cons="1")
+    cfg = make_cfg(tmp_path, xt)
+    relay = Relay(cfg)
+    await relay.start()
+    try:
+        assert relay.shared is not None
+        slots = relay.shared.slots
+        await until(lambda: slots.external.get("p0") == 1, timeout=10, what="active_cons reconciled")
+        assert slots.limits["p0"] == 2 and slots.free("p0") == 1
+    finally:
+        await relay.stop()
