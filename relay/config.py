@@ -22,6 +22,12 @@ class ConfigError(Exception):
     """A user mistake in the configuration; str() is the one line to show."""
 
 
+def http_url(v: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", v):
+        raise ValueError("must be an http:// or https:// URL")
+    return v
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -70,9 +76,7 @@ class AccountConfig(_Model):
     @field_validator("url")
     @classmethod
     def _http_url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError("must be an http:// or https:// URL")
-        return v.rstrip("/")
+        return http_url(v).rstrip("/")
 
 
 class StreamRef(_Model):
@@ -148,9 +152,7 @@ class NotifyTarget(_Model):
     @field_validator("url")
     @classmethod
     def _http_url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError("must be an http:// or https:// URL")
-        return v
+        return http_url(v)
 
 
 class SyncConfig(_Model):
