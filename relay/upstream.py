@@ -192,15 +192,16 @@ class _ResponseProtocol(asyncio.Protocol):
         if self.passthrough:
             self._body(data)
             return
-        if not self.head_done:
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD_BYTES:
-                self._end(Reason.HTTP_ERROR, None)
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             self._end(Reason.STREAM_ERROR if self.head_done else Reason.HTTP_ERROR, None)
+            return
+        if not self.head_done and not self.finished:
+            # only a head still incomplete counts: a burst of body in the head's read is welcome
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._end(Reason.HTTP_ERROR, None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.finished:

@@ -457,3 +457,17 @@ async def test_given_client_that_stops_reading_then_upstream_is_paused_and_memor
             assert provider.bytes_sent(1) - sent < 64 * 1024
             assert provider.active(1) == 1 and provider.connections[2] == 0
             writer.close()
+
+
+async def test_given_provider_bursting_seconds_of_media_with_its_head_then_it_is_relayed(
+    provider: FakeProvider, tmp_path: Path
+):
+    """Providers send a burst on connect; head and 200+ kB of body can arrive in one read."""
+    provider.set(1, fp.ok(prebuffer=4.0))
+    assert provider.byte_rate * 4.0 > 128 * 1024
+    cfg = config_for(tmp_path, provider, {"solo": [("a", 1)]})
+    async with running_relay(cfg, tmp_path) as relay:
+        c = await open_stream(relay.port, "/stream/solo")
+        assert c.status == 200
+        await c.wait_bytes(128 * 1024, timeout=3)
+        await c.close()
