@@ -2,4 +2,5 @@ import sys
 
 from relay.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned child process (the guide build) imports it
+    sys.exit(main())
