@@ -102,7 +102,6 @@ class ChannelSession:
         self._on_end = on_end
         self.flow = FlowControl(self._pause_upstream, self._resume_upstream)
         self.started_at = shared.clock()
-        self.clients_total = 0
         fo = shared.config.failover
         self.splicer = Splicer(fo.keyframe_wait_s, fo.no_video_s, enabled=fo.splice)
         self._held_log: tuple[Log, float] | None = None
@@ -119,13 +118,12 @@ class ChannelSession:
         return not self.outputs and not self.ended
 
     def add_output(self, out: Output) -> None:
-        """A client joins; if the stream already runs it gets the head now and data from the next chunk."""
+        """A client joins; if the stream already runs: the head and PAT/PMT now, then from a keyframe."""
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
         self.outputs.append(out)
         self.flow.add(id(out))
-        self.clients_total += 1
         if self.started:
             out.start_stream()
             intro = self.splicer.join_prefix()
