@@ -69,6 +69,8 @@ def parse_answers(out: bytes) -> list[Answer]:
         length = re.search(rb"\r\nContent-Length: (\d+)", head)
         assert length, f"a response without Content-Length: {head[:300]!r}"
         n = int(length.group(1))
+        if rest.startswith(b"HTTP/1.1 ") or not rest:
+            n = 0  # the answer to a HEAD: its Content-Length is the GET's, and no body follows
         body, rest = rest[:n], rest[n:]
         answers.append(Answer(int(m.group(1)), head, body))
     return answers
