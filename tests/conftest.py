@@ -10,13 +10,14 @@ import pytest
 import uvloop
 from hypothesis import settings
 
+
+from tests.fake_provider import FakeProvider
+from tests.media import make_ts, require_ffmpeg
+
 # CI explores the same examples every run: a red build is then always this change's, never a new draw
 settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
     settings.load_profile("ci")
-
-from tests.fake_provider import FakeProvider
-from tests.media import make_ts, require_ffmpeg
 
 
 @pytest.fixture(scope="session")
