@@ -10,7 +10,6 @@ import pytest
 import uvloop
 from hypothesis import settings
 
-
 from tests.fake_provider import FakeProvider
 from tests.media import make_ts, require_ffmpeg
 
