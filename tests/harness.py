@@ -39,6 +39,7 @@ def config_for(
         "storage": {"database": str(tmp / "relay.db"), "events": str(tmp / "events.jsonl")},
         "failover": failover,
         "discovery": {"udp": False},
+        "sync": {"on_start": False},  # the account sync has its own tests; here it would only add requests
         "accounts": [
             {
                 "name": a,
