@@ -38,6 +38,7 @@ from typing import IO, Any, TextIO
 
 from relay.config import DEFAULT_USER_AGENT, ChannelConfig, Config
 from relay.hdhomerun import guide_id, sorted_channels, xml_attr, xml_text
+from relay.upstream import tls_context
 
 DEFAULT_REFRESH_H = 6.0
 RETRY_AFTER_FAILURE_S = 900.0  # a failed refresh is retried sooner than the next regular one
@@ -69,6 +70,8 @@ class Source:
     path: Path | None = None
     user_agent: str = DEFAULT_USER_AGENT
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    tls_verify: bool = True  # an account's https settings apply to its xmltv.php too
+    ca_file: str | None = None
 
     def scrub(self, text: str) -> str:
         """`text` with every credential of this source (raw or URL-quoted) replaced by ***."""
@@ -121,15 +124,27 @@ def guide_sources(cfg: Config) -> list[Source]:
                 url=url,
                 user_agent=a.user_agent,
                 secrets=(a.username, a.password, *_url_secrets(a.url)),
+                tls_verify=a.tls_verify,
+                ca_file=str(cfg.path(a.ca_file)) if a.ca_file else None,
             )
         )
     return out
 
 
-def http_open(url: str, user_agent: str) -> IO[bytes]:
+def http_open(url: str, user_agent: str, *, tls_verify: bool = True, ca_file: str | None = None) -> IO[bytes]:
     req = urllib.request.Request(url, headers={"User-Agent": user_agent, "Accept-Encoding": "gzip"})
-    resp: IO[bytes] = urllib.request.urlopen(req, timeout=FETCH_TIMEOUT_S)
+    ctx = tls_context(tls_verify, ca_file) if url.startswith("https:") else None
+    resp: IO[bytes] = urllib.request.urlopen(req, timeout=FETCH_TIMEOUT_S, context=ctx)
     return resp
+
+
+def fetch_source(src: Source, opener: Opener = http_open) -> IO[bytes]:
+    """A source's bytes: its file, or its URL with the account's user agent and TLS settings."""
+    if src.path is not None:
+        return src.path.open("rb")
+    if opener is http_open:
+        return http_open(src.url or "", src.user_agent, tls_verify=src.tls_verify, ca_file=src.ca_file)
+    return opener(src.url or "", src.user_agent)
 
 
 class _Reader:
@@ -316,9 +331,7 @@ def build_guide(
         with body.open("w", encoding="utf-8", newline="\n") as out:
             for index, src in enumerate(sources):
                 try:
-                    raw = (
-                        src.path.open("rb") if src.path is not None else opener(src.url or "", src.user_agent)
-                    )
+                    raw = fetch_source(src, opener)
                     with raw:
                         _copy_programmes(_open_stream(raw, cancel), index, state, out)
                     ok += 1

@@ -34,7 +34,7 @@ from typing import IO, Any
 
 from relay.config import AccountConfig, ChannelConfig, Config
 from relay.events import EventLog
-from relay.guide import Source, guide_sources, http_open, top_level_elements
+from relay.guide import Source, fetch_source, guide_sources, top_level_elements
 from relay.guide import _describe as describe_error
 from relay.guide import _open_stream as open_source
 from relay.m3u import M3uError, read_m3u_streams
@@ -250,7 +250,7 @@ def iter_guide_channels(stream: Any) -> Iterator[tuple[str, tuple[str, ...], str
 
 
 def _open(src: Source) -> IO[bytes]:
-    return src.path.open("rb") if src.path is not None else http_open(src.url or "", src.user_agent)
+    return fetch_source(src)
 
 
 def import_guide(

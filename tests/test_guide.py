@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from relay.config import Config, parse
-from relay.guide import GuideCache, normalise_time, redact_url
+from relay.guide import GuideBuildError, GuideCache, normalise_time, redact_url
 
 SMALL_XMLTV = """<?xml version="1.0" encoding="ISO-8859-1"?>
 <!DOCTYPE tv SYSTEM "xmltv.dtd">
@@ -407,3 +407,52 @@ async def test_given_a_50_mb_guide_then_serving_it_keeps_memory_flat_and_other_r
         assert peak < 8_000_000, f"{peak / 1e6:.1f} MB held while serving a {size / 1e6:.0f} MB guide"
     finally:
         await relay.stop()
+
+
+def test_given_an_https_account_with_its_own_ca_then_its_xmltv_is_fetched_with_that_trust(
+    tmp_path: Path,
+) -> None:
+    """The account's tls_verify / ca_file apply to its xmltv.php, not only to its streams."""
+    import http.server
+    import ssl
+    import threading
+
+    from relay.guide import build_guide, guide_sources
+    from tests.fake_provider import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path)
+    body = (
+        b'<?xml version="1.0"?><tv><channel id="a.tv"><display-name>A</display-name></channel>'
+        b'<programme start="20260101000000 +0000" channel="a.tv"><title>T</title></programme></tv>'
+    )
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}"
+        channels = [{"id": "a.tv", "name": "A", "number": "1"}]
+
+        def build(**account: Any) -> Any:
+            acc = {"name": "p", "url": url, "username": "u", "password": "pw", **account}
+            cfg = parse({"accounts": [acc], "channels": channels}, base_dir=tmp_path)
+            return build_guide(cfg.channels, guide_sources(cfg), tmp_path / "g.xml", tmp_path / "g.xml.gz")
+
+        assert build(ca_file=str(cert)).programmes == 1
+        assert build(tls_verify=False).programmes == 1
+        with pytest.raises(GuideBuildError):
+            build()  # the default: verify against the system's CAs, which do not know this one
+    finally:
+        server.shutdown()
