@@ -40,6 +40,9 @@ class FlowControl:
             self._paused.discard(key)
             self._update()
 
+    def is_paused(self, key: Hashable) -> bool:
+        return key in self._paused
+
     def _update(self) -> None:
         now_paused = bool(self._writers) and self._paused >= self._writers
         if now_paused and not self.paused:

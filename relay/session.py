@@ -330,7 +330,8 @@ class ChannelSession:
                 self._join(out, views)
                 continue
             out.send(views, size)
-            if len(self.outputs) > 1 and out.buffered() > limit:
+            # only a paused client (over the high-water mark) can be that far behind: ask only those
+            if len(self.outputs) > 1 and self.flow.is_paused(id(out)) and out.buffered() > limit:
                 self.loop.call_soon(self._drop_slow, out, out.buffered())
 
     def _join(self, out: Output, views: list[bytes | memoryview]) -> None:
