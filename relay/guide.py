@@ -92,7 +92,10 @@ def redact_url(url: str) -> str:
         f"{k}=***" if _SECRET_KEYS.match(k) else f"{k}={v}"
         for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    segs = parts.path.split("/")
+    if len(segs) >= 5 and segs[1] == "live":  # Xtream stream URLs: /live/{username}/{password}/{id}.ts
+        segs[2] = segs[3] = "***"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, "/".join(segs), query, ""))
 
 
 def _url_secrets(url: str) -> tuple[str, ...]:

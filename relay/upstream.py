@@ -46,15 +46,6 @@ def tls_context(verify: bool = True, ca_file: str | None = None) -> ssl.SSLConte
     return ctx
 
 
-def redact(url: str) -> str:
-    """A provider URL as logs may show it: /live/***/***/1234.ts, no host credentials."""
-    parts = urlsplit(url)
-    segs = parts.path.split("/")
-    if len(segs) >= 5 and segs[1] == "live":
-        segs[2] = segs[3] = "***"
-    return "/".join(segs)
-
-
 class UpstreamAttempt:
     """Connects, follows redirects, streams. `close()` is safe at any point and idempotent."""
 

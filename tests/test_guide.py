@@ -137,6 +137,7 @@ def test_redact_url_hides_credentials() -> None:
     red = redact_url(url)
     assert "secret" not in red and "alice" not in red and "p%40ss" not in red and "p@ss" not in red
     assert "iptv.example:8080/xmltv.php" in red and "days=2" in red
+    assert redact_url("http://p.example/live/alice/s3cret/1234.ts") == "http://p.example/live/***/***/1234.ts"
 
 
 class _Provider(BaseHTTPRequestHandler):
