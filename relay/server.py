@@ -279,12 +279,15 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(http11.stream_head("video/mp2t", chunked=self.chunked))
 
-    def send(self, views: list[bytes | memoryview], size: int) -> None:
+    def send(
+        self, views: list[bytes | memoryview], size: int, framed: list[http11.Buffer] | None = None
+    ) -> None:
+        """`framed`: the same views as one chunk, when the caller built it once for many clients."""
         t = self.transport
         if t is None:
             return
         if self.chunked:
-            t.writelines(http11.chunk(views, size))
+            t.writelines(framed if framed is not None else http11.chunk(views, size))
         else:
             t.writelines(views)
 

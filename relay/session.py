@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from relay import http11
 from relay.config import Config
 from relay.events import EventLog
 from relay.failover import (
@@ -49,7 +50,9 @@ class Output(Protocol):
 
     def buffered(self) -> int: ...
     def start_stream(self) -> None: ...
-    def send(self, views: list[memoryview], size: int) -> None: ...
+    def send(
+        self, views: list[bytes | memoryview], size: int, framed: list[http11.Buffer] | None = None
+    ) -> None: ...
     def unavailable(self) -> None: ...
     def abort(self) -> None: ...
     def finish(self) -> None: ...
@@ -325,11 +328,12 @@ class ChannelSession:
         size = sum(len(v) for v in views) if len(views) > 1 else len(views[0])
         self.bytes_out += size
         limit = self.shared.config.server.client_buffer_bytes
+        framed = http11.chunk(views, size)  # once per read, whatever the number of clients
         for out in self.outputs:
             if id(out) in self._joining:
                 self._join(out, views)
                 continue
-            out.send(views, size)
+            out.send(views, size, framed)
             # only a paused client (over the high-water mark) can be that far behind: ask only those
             if len(self.outputs) > 1 and self.flow.is_paused(id(out)) and out.buffered() > limit:
                 self.loop.call_soon(self._drop_slow, out, out.buffered())
