@@ -225,22 +225,22 @@ async def run_demo(stop: asyncio.Event, *, port: int = 5004, fault_every_s: floa
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), fault_every_s)
                 break
-            watched = [s for s in relay.sessions if s.machine.current_candidate is not None]
-            if not watched:
+            current = [
+                (s.channel, c) for s in relay.sessions if (c := s.machine.current_candidate) is not None
+            ]
+            if not current:
                 log.info("demo: nobody is watching; play %s/stream/demo.one to see a failover", base)
                 continue
-            how = next(faults) if any(s.machine.current_candidate.rank == 0 for s in watched) else ""  # type: ignore[union-attr]
-            for s in watched:
-                cur = s.machine.current_candidate
-                assert cur is not None
+            for channel, cur in current:
                 if cur.rank > 0:
-                    log.info(
-                        "demo: %s is on its backup; the relay returns to the primary 30 s after the switch",
-                        s.channel,
-                    )
-                    continue
+                    log.info("demo: %s is on its backup; back to the primary 30 s after the switch", channel)
+            on_primary = [cur for _, cur in current if cur.rank == 0]
+            if not on_primary:
+                continue
+            how = next(faults)
+            for cur in on_primary:
                 provider = users[cur.account]
-                log.info("demo: breaking %s, the stream %s is on (%s)", cur.ref, s.channel, how)
+                log.info("demo: breaking %s, a primary being watched (%s)", cur.ref, how)
                 provider.break_stream(cur.stream_id, how)
                 if how == "error":
                     loop.call_later(fault_every_s / 2, provider.heal, cur.stream_id)
