@@ -129,6 +129,14 @@ def streaming(h: Harness, ref: str = "a/1", now: float = 0.0) -> None:
     h.ready(ref, now + 0.01)
 
 
+def on_backup_at_70s(h: Harness, backup: str) -> None:
+    """Given a/1 failed at 10 s and `backup` took over, still delivering at 70 s (an upgrade is due)."""
+    streaming(h)
+    h.fail("a/1", Reason.STREAM_ERROR, 10.0)
+    h.ready(backup, 10.01)
+    h.run(h.m.packets(h.id(backup), 70.0))
+
+
 def test_given_streaming_when_primary_drops_then_next_is_opened_at_once_and_failover_logged():
     h = Harness(cands(("a", 1), ("b", 2), ("c", 3)))
     streaming(h)
@@ -236,10 +244,7 @@ def test_given_backup_after_failover_then_upgrade_probe_after_upgrade_after_s_an
 
 def test_given_upgrade_probe_fails_then_stay_log_and_restart_timer():
     h = Harness(cands(("a", 1), ("b", 2)))
-    streaming(h)
-    h.fail("a/1", Reason.STREAM_ERROR, 10.0)
-    h.ready("b/2", 10.01)
-    h.run(h.m.packets(h.id("b/2"), 70.0))
+    on_backup_at_70s(h, "b/2")
     h.tick(70.01)
     out = h.fail("a/1", Reason.HTTP_ERROR, 70.05, 503)
     assert switched(out) == []
@@ -253,10 +258,7 @@ def test_given_upgrade_probe_fails_then_stay_log_and_restart_timer():
 
 def test_given_upgrade_probe_that_never_answers_then_it_times_out_without_touching_current():
     h = Harness(cands(("a", 1), ("b", 2)))
-    streaming(h)
-    h.fail("a/1", Reason.STREAM_ERROR, 10.0)
-    h.ready("b/2", 10.01)
-    h.run(h.m.packets(h.id("b/2"), 70.0))
+    on_backup_at_70s(h, "b/2")
     h.tick(70.01)
     h.run(h.m.packets(h.id("b/2"), 71.0))
     out = h.tick(71.01)
@@ -275,10 +277,7 @@ def test_given_single_slot_account_then_a_second_stream_on_it_is_never_opened_al
 
 def test_given_backup_on_same_single_slot_account_then_upgrade_is_break_before_make():
     h = Harness(cands(("a", 1), ("a", 2)))
-    streaming(h)
-    h.fail("a/1", Reason.STREAM_ERROR, 10.0)
-    h.ready("a/2", 10.01)
-    h.run(h.m.packets(h.id("a/2"), 70.0))
+    on_backup_at_70s(h, "a/2")
     out = h.tick(70.01)
     assert [type(x) for x in out][:2] == [Close, Open]  # close ours first, then open the better one
     assert out[0] == Close(h.id("a/2")) and opened(out) == ["a/1"]
@@ -293,10 +292,7 @@ def test_given_backup_on_same_single_slot_account_then_upgrade_is_break_before_m
 
 def test_given_current_fails_during_probe_then_probe_is_dropped_and_failover_runs():
     h = Harness(cands(("a", 1), ("b", 2), ("c", 3)))
-    streaming(h)
-    h.fail("a/1", Reason.STREAM_ERROR, 10.0)
-    h.ready("b/2", 10.01)
-    h.run(h.m.packets(h.id("b/2"), 70.0))
+    on_backup_at_70s(h, "b/2")
     h.tick(70.01)
     probe = h.id("a/1")
     out = h.fail("b/2", Reason.STREAM_ERROR, 70.1)
