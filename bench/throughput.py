@@ -1170,6 +1170,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 progress(f"single stream: {t.name}")
                 with start_target(t, tmp, origin, nginx, max_channels) as run:
                     single[t.name] = run_single(run, origin, args.single_s, args.single_bytes)
+            if args.single_only:
+                return _single_report(single, time.perf_counter() - t_start)
             for t in targets:
                 progress(
                     f"load {args.clients} clients / {args.channels} channels / {args.seconds} s: {t.name}"
@@ -1289,6 +1291,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _single_report(single: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """``--single-only``: the single-stream rows and their ratios to nginx, for quick A/B runs."""
+    ng = single.get("nginx", {})
+    ratios = {
+        name: {
+            "MB_s_vs_nginx": round(r["MB_s"] / ng["MB_s"], 2) if ng.get("MB_s") and r["MB_s"] else None,
+            "cpu_s_per_GB_vs_nginx": round(r["cpu_s_per_GB"] / ng["cpu_s_per_GB"], 2)
+            if ng.get("cpu_s_per_GB") and r.get("cpu_s_per_GB")
+            else None,
+        }
+        for name, r in single.items()
+        if name.startswith("relay")
+    }
+    return {"bench": "throughput", "single_stream": single, "vs_nginx": ratios, "seconds": round(seconds, 1)}
+
+
 def _nginx_version(nginx: str | None) -> str | None:
     if nginx is None:
         return None
@@ -1333,6 +1351,7 @@ def cli() -> None:
     ap.add_argument("--load-procs", type=int, default=2)
     ap.add_argument("--profile-s", type=float)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--single-only", action="store_true", help="only the single-stream rows (quick A/B)")
     ap.add_argument(
         "--targets",
         type=lambda s: s.split(","),

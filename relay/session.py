@@ -230,12 +230,14 @@ class ChannelSession:
     def on_head(self, attempt: int) -> None:
         self._run(self.machine.head(attempt, self.shared.clock()))
 
-    def on_packets(self, attempt: int, views: list[memoryview]) -> None:
+    def on_packets(
+        self, attempt: int, views: list[memoryview], region: tuple[bytearray, int] | None = None
+    ) -> None:
         cur = self.current
         if cur is not None and cur.id == attempt:  # the hot path
             now = self.shared.clock()
             self.machine.packets(attempt, now)
-            self._send(views, now)
+            self._send(views, now, region)
             return
         att = self.attempts.get(attempt)
         if att is None:
@@ -315,9 +317,9 @@ class ChannelSession:
         else:
             att.resume_reading()
 
-    def _send(self, views: list[memoryview], now: float) -> None:
+    def _send(self, views: list[memoryview], now: float, region: tuple[bytearray, int] | None = None) -> None:
         """The current upstream's packets through the splice to every client, by reference."""
-        out = self.splicer.feed(views, now)
+        out = self.splicer.feed(views, now, region)
         if self._held_log is not None and self.splicer.entered:
             self._flush_held_log(now)
         if out:

@@ -18,6 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httptools
 
+from relay.buffers import ReadBuffer
 from relay.failover import Reason
 from relay.mpegts import PacketAligner
 
@@ -28,7 +29,9 @@ _SCHEMES = ("http", "https")
 
 class UpstreamSink(Protocol):
     def on_head(self, attempt: int) -> None: ...
-    def on_packets(self, attempt: int, views: list[memoryview]) -> None: ...
+    def on_packets(
+        self, attempt: int, views: list[memoryview], region: tuple[bytearray, int] | None = None
+    ) -> None: ...
     def on_failed(self, attempt: int, reason: Reason, status: int | None) -> None: ...
 
 
@@ -156,8 +159,12 @@ class UpstreamAttempt:
         self.sink.on_failed(self.id, reason, status)
 
 
-class _ResponseProtocol(asyncio.Protocol):
-    """The socket side of an attempt: head via httptools, then the body straight to the aligner."""
+class _ResponseProtocol(asyncio.BufferedProtocol):
+    """The socket side of an attempt: head via httptools, then the body straight to the aligner.
+
+    Reads land in a ReadBuffer; an identity body (a live stream) goes on from there in place: whole
+    packets as one view of the buffer, which the splice may rewrite (``region``), without a copy.
+    """
 
     def __init__(self, attempt: UpstreamAttempt, request: bytes) -> None:
         self.attempt = attempt
@@ -169,6 +176,7 @@ class _ResponseProtocol(asyncio.Protocol):
         self.head_bytes = 0
         self.passthrough = False  # identity body until close: skip the parser, no copies
         self.aligner = PacketAligner()
+        self.reads = ReadBuffer()
         self.finished = False
         self.url = attempt.url
 
@@ -176,6 +184,20 @@ class _ResponseProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         transport.write(self.request)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reads.region()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        reads = self.reads
+        begin = reads.end
+        reads.filled(nbytes)
+        if self.passthrough and not self.finished:
+            self._body_in_place(nbytes)
+            return
+        data = bytes(reads.buf[begin : reads.end])  # head, chunked or sized body: the parser copies
+        reads.consume(reads.end)
+        self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         if self.finished:
@@ -236,6 +258,19 @@ class _ResponseProtocol(asyncio.Protocol):
             self._end(Reason.STREAM_ERROR, None)  # a live stream that ends has failed
 
     # internals
+    def _body_in_place(self, nbytes: int) -> None:
+        att = self.attempt
+        att.bytes_in += nbytes
+        reads = self.reads
+        buf, start = reads.buf, reads.start
+        views, consumed = self.aligner.feed_region(buf, start, reads.end)
+        reads.consume(consumed)
+        if views:
+            whole = len(views) == 1 and views[0].obj is buf and len(views[0]) == consumed - start
+            att.sink.on_packets(att.id, views, (buf, start) if whole else None)
+        elif not self.aligner.synced and self.aligner.garbage_bytes > MAX_GARBAGE_BYTES:
+            self._end(Reason.STREAM_ERROR, None)
+
     def _body(self, data: bytes) -> None:
         att = self.attempt
         att.bytes_in += len(data)

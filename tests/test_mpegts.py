@@ -463,12 +463,31 @@ def test_the_splicer_never_writes_into_the_callers_buffer() -> None:
 def test_a_stuck_video_pes_stops_holding_the_program_after_hold_max_s() -> None:
     """Given video stops mid-stream while audio flows, Then audio is released after hold_max_s."""
     up = Upstream()
-    splicer = Splicer(hold_max_s=1.0)
+    splicer = Splicer(hold_max_s=1.0, early_after_s=None)
     run(splicer, up.stream(6), now=0.0)
     held = run(splicer, up.stream(2, start=6, video=False), now=0.5)
     assert held == [], "within hold_max_s the current video PES still holds everything after it"
     out = run(splicer, up.stream(2, start=8, video=False), now=1.5)
     assert sum(1 for p in out if pid_of(p) == 0x101) >= 8
+
+
+def test_a_video_pes_held_for_long_lets_the_other_pids_go_ahead_each_in_its_own_order() -> None:
+    """Given a large frame still arriving (held whole), Then after early_after_s the audio and null
+    packets behind it go out, and when the frame completes it follows without them: each packet once."""
+    up = Upstream()
+    splicer = Splicer(early_after_s=0.02)
+    out = run(splicer, up.stream(6), now=0.0)  # the last video PES is held from t=0
+    fed = up.stream(2, start=6, video=False)
+    fed.insert(3, ts_packet(NULL_PID, b"\xff" * 184))
+    assert run(splicer, fed, now=0.01) == [], "a short hold keeps the order"
+    ahead = run(splicer, up.stream(2, start=8, video=False), now=0.05)
+    assert ahead and 0x100 not in {pid_of(p) for p in ahead}
+    assert {0x101, NULL_PID} <= {pid_of(p) for p in ahead}
+    rest = run(splicer, up.stream(4, start=10), now=0.06)  # video again: the held frame completes
+    out += ahead + rest
+    assert cc_errors(out) == []  # per PID: nothing twice, nothing lost, in order
+    assert sum(1 for p in out if pid_of(p) == NULL_PID) == 1
+    assert video_dts(out, 0x100) == sorted(video_dts(out, 0x100))
 
 
 def test_foreign_pids_are_dropped_and_null_packets_pass() -> None:
