@@ -60,6 +60,7 @@ Theory of operation (Splicer)
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -639,6 +640,17 @@ def _mask0f(n: int) -> int:
     return m
 
 
+@functools.cache
+def _pid_hi_table(hi: int) -> bytes:
+    """translate table: header byte 1 -> 1 when its PID bits are ``hi``."""
+    return bytes(1 if b & 0x1F == hi else 0 for b in range(256))
+
+
+@functools.cache
+def _pid_lo_table(lo: int) -> bytes:
+    return bytes(1 if b == lo else 0 for b in range(256))
+
+
 def _psi_key(packet: bytes | bytearray | memoryview) -> bytes:
     """A PSI packet without its continuity_counter: equal keys mean the same packet for a demuxer."""
     return bytes(packet[1:3]) + bytes((packet[3] & 0xF0,)) + bytes(packet[4:_PKT])
@@ -670,7 +682,7 @@ class Splicer:
         hold_max_s: float = 1.0,
         bridge_psi_interval_s: float = 0.5,
         bridge_null_packets: int = 7,
-        early_after_s: float | None = 0.02,
+        early_after_s: float | None = 0.03,
     ) -> None:
         self.keyframe_wait_s = keyframe_wait_s
         self.no_video_s = no_video_s
@@ -941,24 +953,21 @@ class Splicer:
             count = len(seg) // _PKT
             if idx + count <= first:
                 continue
-            run = -1
-            for j in range(max(first - idx, 0), count):
-                o = j * _PKT
-                if ((seg[o + 1] & 0x1F) << 8 | seg[o + 2]) in stuck:
-                    if run >= 0:
-                        picked.append(seg[run * _PKT : o])
-                        run = -1
-                    continue
-                moved.add(idx + j)
-                if run < 0:
-                    run = j
-            if run >= 0:
-                picked.append(seg[run * _PKT :])
-        if self._held:
-            last_idx, last = self._held[-1]
-            self._early_next = max(
-                first, last_idx + (1 if isinstance(last, bytearray) else len(last) // _PKT)
-            )
+            skip = max(first - idx, 0)
+            part = seg[skip * _PKT :]
+            n = count - skip
+            hi, lo = bytes(part[1::_PKT]), bytes(part[2::_PKT])
+            waits = 0
+            for pid in stuck:
+                h = int.from_bytes(hi.translate(_pid_hi_table(pid >> 8)), "little")
+                waits |= h & int.from_bytes(lo.translate(_pid_lo_table(pid & 0xFF)), "little")
+            run = 0
+            for j in [*_ones(waits.to_bytes(n, "little")), n]:  # runs between the packets that wait
+                if j > run:
+                    picked.append(part[run * _PKT : j * _PKT])
+                    moved.update(range(idx + skip + run, idx + skip + j))
+                run = j + 1
+        self._early_next = max(first, self._out_next)
         if picked:
             out.append(b"".join(picked))  # a copy: these bytes also stay in the held segments, skipped
 
