@@ -45,17 +45,25 @@ Theory of operation (Splicer)
 - Hold: output is released up to the earliest start of a PES that is not known to be complete (video:
   until its next PES starts, i.e. one frame; audio: until PES_packet_length bytes arrived). At a
   switch those unfinished PES are dropped, so a frame cut by a dying upstream never reaches the client.
-  A hold older than ``hold_max_s`` lapses, so a stuck PID cannot stall the output.
+  A hold older than ``hold_max_s`` lapses, so a stuck PID cannot stall the output. A PES held longer
+  than ``early_after_s`` (a large keyframe arriving at the stream's pace) stops holding the other
+  PIDs: their packets behind it go out ahead of it, each PID in its own order (``_send_ahead``).
 - Clean entry: after a switch nothing goes out until the PMT is known and a video PES starts at a
   random-access point (random_access_indicator, or an H.264 IDR/SPS, HEVC IRAP/VPS/SPS, MPEG-2 sequence
   header/GOP/I-picture in its first packet). Our PAT and PMT go out right before it. After
   ``keyframe_wait_s`` from the upstream's first packet, any video PES start is accepted.
+- PSI: our PAT/PMT replace the upstream's, in place where it was (one packet each). When the session's
+  first upstream sends exactly the PAT/PMT we would (same PIDs, same content), its own packets pass
+  untouched ("native"), each still compared with ours; the first difference ends that.
+- In place: given ``region=(buf, start)`` the splice rewrites headers in the caller's buffer (the
+  upstream's ReadBuffer, relay/buffers.py) instead of a copy.
 - Fast path: between switches a chunk is handled column-wise: header bytes 1-3 of all packets are
-  gathered with strided memoryview slices, classified by PID through 256-entry translate tables and
-  big-integer lane arithmetic, and written back in place. Only PES starts, PCRs, PSI and unknown PIDs
-  are looked at one by one (a few per frame); a bounded audio PES is counted to its end by walking its
-  packets with bytes.find on the class column. PIDs outside the program (SDT, EIT, other services) are
-  dropped; null packets pass.
+  gathered with strided slices of the bytearray, classified by PID through 256-entry translate tables
+  and big-integer lane arithmetic, and written back in place. Only PES starts, PCRs, PSI and unknown
+  PIDs are looked at one by one (a few per frame; where no PES header needs rewriting, only each
+  stream's last two PES starts of a chunk); a bounded audio PES is counted to its end by walking its
+  packets with bytes.find on the class column. Packets of PIDs outside the program (SDT, EIT, other
+  services) become null packets in place; null packets pass.
 """
 
 from __future__ import annotations
