@@ -111,6 +111,9 @@ class ChannelSession:
         self._keepalive: asyncio.TimerHandle | None = None
         self._last_out = 0.0
         self._joining: set[int] = set()  # outputs waiting for a keyframe to start
+        # without the splice: the last read sent, so a joiner starts from it at once (as a fresh
+        # upstream would start mid-GOP) instead of waiting for the next read
+        self._recent: tuple[list[bytes | memoryview], int] | None = None
         self._stalls: dict[int, asyncio.TimerHandle] = {}  # paused outputs: when they get dropped
 
     # ---- outputs ----------------------------------------------------------------------------
@@ -129,6 +132,9 @@ class ChannelSession:
         self.flow.add(id(out))
         if self.started:
             out.start_stream()
+            if not self.splicer.enabled and self._recent is not None:
+                out.send(*self._recent)  # whole packets: the demuxer waits for the stream's own PSI
+                return
             intro = self.splicer.join_prefix()
             if intro:
                 out.send([memoryview(intro)], len(intro))
@@ -331,6 +337,8 @@ class ChannelSession:
         self.bytes_out += size
         limit = self.shared.config.server.client_buffer_bytes
         framed = http11.chunk(views, size)  # once per read, whatever the number of clients
+        if not self.splicer.enabled:
+            self._recent = (views, size)
         for out in self.outputs:
             if id(out) in self._joining:
                 self._join(out, views)

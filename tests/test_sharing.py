@@ -41,6 +41,27 @@ async def test_given_two_viewers_of_one_channel_then_one_provider_connection_and
         await second.close()
 
 
+async def test_given_no_splice_when_a_viewer_joins_a_stalled_upstream_then_it_gets_the_last_read_at_once(
+    provider: FakeProvider, tmp_path: Path
+):
+    """Without the splice a joiner starts from the last read (whole packets), not the next one."""
+    cfg = config_for(tmp_path, provider, {"ch": [("a", 1)]})
+    cfg["failover"]["splice"] = False
+    async with running_relay(cfg, tmp_path) as relay:
+        first = await open_stream(relay.port, "/stream/ch")
+        await first.wait_bytes(30_000)
+        provider.stall(1)  # no next read for a while (the stall timeout is seconds away)
+        await asyncio.sleep(0.1)
+        second = await open_stream(relay.port, "/stream/ch")
+        await second.wait_bytes(188, timeout=1.0)
+        body = bytes(second.body)
+        assert len(body) % 188 == 0 and body[::188] == b"\x47" * (len(body) // 188)
+        assert body in bytes(first.body), "the same packets the first viewer got"
+        assert stream_opens(provider, 1) == 1
+        await first.close()
+        await second.close()
+
+
 async def test_given_linger_when_last_viewer_leaves_then_upstream_outlives_it_and_a_return_reuses_it(
     provider: FakeProvider, tmp_path: Path
 ):
