@@ -385,15 +385,23 @@ def _describe(e: BaseException) -> str:
 def _build_in_child(
     channels: list[ChannelConfig], sources: list[Source], xml_path: Path, gz_path: Path, out: Any
 ) -> None:
-    """The body of the guide-build child process: build, then send ("ok", report) or ("error", text)."""
+    """The body of the guide-build child process: build, then send ("ok", report) or ("error", text).
+
+    A parent that died meanwhile (killed, or stopped mid-build) closed the pipe: the child then
+    just ends, without a traceback in the relay's log.
+    """
     try:
-        out.send(("ok", build_guide(channels, sources, xml_path, gz_path)))
-    except GuideBuildError as e:
-        out.send(("error", str(e)))
-    except Exception as e:  # anything else still reaches the parent as one scrubbed line
-        out.send(("error", f"unexpected {type(e).__name__}"))
+        try:
+            result: tuple[str, Any] = ("ok", build_guide(channels, sources, xml_path, gz_path))
+        except GuideBuildError as e:
+            result = ("error", str(e))
+        except Exception as e:  # anything else still reaches the parent as one scrubbed line
+            result = ("error", f"unexpected {type(e).__name__}")
+        with contextlib.suppress(OSError):  # BrokenPipeError: nobody to tell
+            out.send(result)
     finally:
-        out.close()
+        with contextlib.suppress(OSError):
+            out.close()
 
 
 def _receive(conn: Any) -> tuple[str, Any]:

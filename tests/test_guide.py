@@ -457,3 +457,15 @@ def test_given_an_https_account_with_its_own_ca_then_its_xmltv_is_fetched_with_t
             build()  # the default: verify against the system's CAs, which do not know this one
     finally:
         server.shutdown()
+
+
+def test_a_guide_build_child_whose_parent_is_gone_ends_quietly(tmp_path: Path) -> None:
+    """Given the relay died mid-build (its pipe end closed), Then the child ends without a traceback."""
+    import multiprocessing
+
+    from relay.guide import _build_in_child
+
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    reader.close()
+    _build_in_child([], [], tmp_path / "g.xml", tmp_path / "g.xml.gz", writer)  # must not raise
+    assert writer.closed
