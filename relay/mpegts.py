@@ -1512,14 +1512,22 @@ class Splicer:
         src.tables = None
         return _RESTART
 
-    def _on_pat(self, packet: memoryview, out_index: int, insert: list[bytearray]) -> int:
+    def _psi_seen(self, pid: int, packet: memoryview, ours: list[bytearray], out_index: int) -> int:
+        """A PAT/PMT packet: _KEEP while native and equal; else remember it for _adopt_psi (0/_RESTART)."""
         src = self._src
         result = 0
-        if PAT_PID in src.psi_native:
-            result = self._native(PAT_PID, packet, self._pat_packets, out_index)
+        if pid in src.psi_native:
+            result = self._native(pid, packet, ours, out_index)
             if result & _KEEP:
                 return result
-        src.psi_last[PAT_PID] = (_psi_key(packet), packet[3] & 0x0F)
+        src.psi_last[pid] = (_psi_key(packet), packet[3] & 0x0F)
+        return result
+
+    def _on_pat(self, packet: memoryview, out_index: int, insert: list[bytearray]) -> int:
+        src = self._src
+        result = self._psi_seen(PAT_PID, packet, self._pat_packets, out_index)
+        if result & _KEEP:
+            return result
         for section in src.pat.push(packet):
             tsid, _version, programs = parse_pat(section)
             programs = [(n, pid) for n, pid in programs if n != 0]
@@ -1537,14 +1545,10 @@ class Splicer:
 
     def _on_pmt(self, packet: memoryview, out_index: int, insert: list[bytearray]) -> int:
         src = self._src
-        pid = src.pmt_pid
-        assert pid is not None
-        result = 0
-        if pid in src.psi_native:
-            result = self._native(pid, packet, self._pmt_packets, out_index)
-            if result & _KEEP:
-                return result
-        src.psi_last[pid] = (_psi_key(packet), packet[3] & 0x0F)
+        assert src.pmt_pid is not None
+        result = self._psi_seen(src.pmt_pid, packet, self._pmt_packets, out_index)
+        if result & _KEEP:
+            return result
         changed = False
         for section in src.pmt.push(packet):
             program, _version = parse_pmt(section)
