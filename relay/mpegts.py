@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 TS_PACKET_SIZE = 188
@@ -161,24 +161,27 @@ class PacketAligner:
         self._data = None
         return out
 
-    def feed_region(self, buf: bytearray, start: int, end: int) -> tuple[list[memoryview], int]:
+    def feed_region(self, buf: bytearray, start: int, end: int) -> tuple[list[memoryview], int, bool]:
         """Like ``feed(buf[start:end])`` for a caller that keeps its unconsumed bytes in place.
 
-        Returns the whole packets (as views of ``buf``) and how far the input was consumed: the caller
-        presents ``buf[consumed:end]`` again, followed by what it reads next, so a packet cut by a read
-        stays in one piece and nothing is copied. Garbage and resync fall back to ``feed``.
+        Returns the whole packets, how far the input was consumed (the caller presents
+        ``buf[consumed:end]`` again, followed by what it reads next, so a packet cut by a read stays in
+        one piece and nothing is copied), and whether the packets are exactly ``buf[start:consumed]``
+        (then a splice may rewrite them there). Garbage and resync fall back to ``feed``.
         """
         if self.synced and not self._carry:
             syncs = bytes(buf[start:end:_PKT])  # every packet start in the range, the partial one too
             if not syncs.strip(_SYNC):
                 whole = start + (end - start) // _PKT * _PKT
-                return ([memoryview(buf)[start:whole]] if whole > start else []), whole
+                return ([memoryview(buf)[start:whole]] if whole > start else []), whole, whole > start
         views = self.feed(memoryview(buf)[start:end])
+        consumed = end
         carry = self._carry
         if self.synced and carry and len(carry) <= end - start and buf[end - len(carry) : end] == carry:
             self._carry = b""  # back to in-place: the partial packet stays in the caller's buffer
-            return views, end - len(carry)
-        return views, end
+            consumed = end - len(carry)
+        in_place = len(views) == 1 and views[0].obj is buf and len(views[0]) == consumed - start
+        return views, consumed, in_place
 
     def _syncs(self, view: memoryview, stop: int) -> bytes:
         """Every 188th byte of ``view[:stop]``."""
@@ -659,6 +662,21 @@ def _pid_lo_table(lo: int) -> bytes:
     return bytes(1 if b == lo else 0 for b in range(256))
 
 
+def _runs_without(seg: memoryview, first: int, skip: Callable[[int, int], bool]) -> list[memoryview]:
+    """The runs of ``seg``'s packets (output indexes from ``first``) between those ``skip(index, PID)``."""
+    out: list[memoryview] = []
+    run = 0
+    for j in range(len(seg) // _PKT):
+        o = j * _PKT
+        if skip(first + j, ((seg[o + 1] & 0x1F) << 8) | seg[o + 2]):
+            if j > run:
+                out.append(seg[run * _PKT : o])
+            run = j + 1
+    if len(seg) > run * _PKT:
+        out.append(seg[run * _PKT :])
+    return out
+
+
 def _psi_key(packet: bytes | bytearray | memoryview) -> bytes:
     """A PSI packet without its continuity_counter: equal keys mean the same packet for a demuxer."""
     return bytes(packet[1:3]) + bytes((packet[3] & 0xF0,)) + bytes(packet[4:_PKT])
@@ -926,15 +944,8 @@ class Splicer:
         if not moved:
             out.append(seg)
             return
-        run = 0
-        for j in range(len(seg) // _PKT):
-            if idx + j in moved:
-                moved.discard(idx + j)
-                if j > run:
-                    out.append(seg[run * _PKT : j * _PKT])
-                run = j + 1
-        if len(seg) > run * _PKT:
-            out.append(seg[run * _PKT :])
+        out += _runs_without(seg, idx, lambda i, _pid: i in moved)
+        moved.difference_update(range(idx, idx + len(seg) // _PKT))
 
     def _send_ahead(self, out: list[bytes | memoryview]) -> None:
         """A PES held for long: send the other PIDs' packets behind it now, in their own order.
@@ -994,26 +1005,21 @@ class Splicer:
             self._settle(packet, native)
         self._marks.clear()
         moved = self._moved
+
+        def gone(i: int, pid: int) -> bool:
+            if i in moved:
+                return True  # sent ahead already
+            start = dropping.get(pid)
+            if start is None or i < start:
+                return False
+            self.dropped_packets += 1  # the dead upstream's unfinished PES
+            return True
+
         for idx, seg in self._held:
             if isinstance(seg, bytearray) or not (dropping or moved):
                 self._ready.append(seg)
-                continue
-            run = 0
-            for j in range(len(seg) // _PKT):
-                o = j * _PKT
-                pid = ((seg[o + 1] & 0x1F) << 8) | seg[o + 2]
-                start = dropping.get(pid)
-                if idx + j in moved:
-                    if j > run:
-                        self._ready.append(seg[run * _PKT : o])
-                    run = j + 1
-                elif start is not None and idx + j >= start:
-                    if j > run:
-                        self._ready.append(seg[run * _PKT : o])
-                    run = j + 1
-                    self.dropped_packets += 1
-            if len(seg) // _PKT > run:
-                self._ready.append(seg[run * _PKT :])
+            else:
+                self._ready += _runs_without(seg, idx, gone)
         self._held.clear()
         moved.clear()
         self._early_stuck.clear()

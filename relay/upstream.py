@@ -263,11 +263,10 @@ class _ResponseProtocol(asyncio.BufferedProtocol):
         att.bytes_in += nbytes
         reads = self.reads
         buf, start = reads.buf, reads.start
-        views, consumed = self.aligner.feed_region(buf, start, reads.end)
+        views, consumed, in_place = self.aligner.feed_region(buf, start, reads.end)
         reads.consume(consumed)
         if views:
-            whole = len(views) == 1 and views[0].obj is buf and len(views[0]) == consumed - start
-            att.sink.on_packets(att.id, views, (buf, start) if whole else None)
+            att.sink.on_packets(att.id, views, (buf, start) if in_place else None)
         elif not self.aligner.synced and self.aligner.garbage_bytes > MAX_GARBAGE_BYTES:
             self._end(Reason.STREAM_ERROR, None)
 
