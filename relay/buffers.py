@@ -11,7 +11,9 @@ sent, so a full buffer is never overwritten: it is set aside, and reused only on
 it any more; otherwise a new one is made. Its unconsumed tail (the cut packet) moves to the front of
 the next buffer. Sizes follow the upstream: a read that fills all the space offered doubles the next
 buffer (a fast upstream gets fewer, larger reads, so the per-read work is spread over more bytes), up
-to ``max_size``; a slow one keeps small buffers, so memory stays proportional to what is in flight.
+to ``max_size``; a buffer whose reads all stayed under an eighth of it is followed by one half its
+size (a provider's connect burst grows it, the paced stream after it shrinks it back), so memory
+stays proportional to what is in flight.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class ReadBuffer:
         self.buffers_made = 1
         self._offered = 0
         self._grow = False
+        self._peak = 0  # the largest read into the current buffer
         self._spares: list[bytearray] = []
 
     def region(self) -> memoryview:
@@ -65,6 +68,7 @@ class ReadBuffer:
 
     def filled(self, n: int) -> None:
         self.end += n
+        self._peak = max(self._peak, n)
         if n >= self._offered and len(self.buf) < self.max_size:
             self._grow = True  # the upstream had more to give than we offered
 
@@ -73,8 +77,14 @@ class ReadBuffer:
 
     def _next_buffer(self) -> None:
         old = self.buf
-        size = min(len(old) * 2, self.max_size) if self._grow else len(old)
+        if self._grow:
+            size = min(len(old) * 2, self.max_size)
+        elif self._peak * 8 < len(old):
+            size = max(len(old) // 2, self.min_size)
+        else:
+            size = len(old)
         self._grow = False
+        self._peak = 0
         tail = old[self.start : self.end]  # the cut packet: < 188 bytes when synced
         new = None
         for i, spare in enumerate(self._spares):

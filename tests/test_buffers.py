@@ -89,6 +89,20 @@ def test_the_unconsumed_tail_moves_to_the_next_buffer_and_full_reads_grow_it() -
     assert (rb.start, rb.end) == (0, 100)
 
 
+def test_small_reads_after_a_burst_shrink_the_buffer_back() -> None:
+    """Given a burst that grew the buffer, When reads stay small, Then buffers halve to the minimum."""
+    rb = ReadBuffer(min_size=1024, max_size=8192)
+    for _ in range(12):  # the burst: every read fills what is offered
+        rb.filled(len(rb.region()))
+        rb.consume(rb.end)
+    assert len(rb.buf) == 8192
+    for _ in range(200):  # the paced stream: 100-byte reads
+        rb.region()
+        rb.filled(100)
+        rb.consume(rb.end)
+    assert len(rb.buf) == 1024
+
+
 def test_a_region_fed_to_the_splicer_is_rewritten_in_place_and_gives_the_same_output() -> None:
     """Given the same two upstreams fed by copy and in place, Then the output bytes are identical."""
     a, b = Upstream().stream(12), B_upstream().stream(12, start=3)
