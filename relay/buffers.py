@@ -61,7 +61,9 @@ class ReadBuffer:
 
     def region(self) -> memoryview:
         """The free space after ``end``; a fresh buffer when less than a quarter of it is left."""
-        if len(self.buf) - self.end < len(self.buf) // 4:
+        if not self.buf:
+            self.buf = bytearray(self.min_size)  # read again after release()
+        elif len(self.buf) - self.end < len(self.buf) // 4:
             self._next_buffer()
         self._offered = len(self.buf) - self.end
         return memoryview(self.buf)[self.end :]
@@ -74,6 +76,12 @@ class ReadBuffer:
 
     def consume(self, upto: int) -> None:
         self.start = upto
+
+    def release(self) -> None:
+        """Drop the buffers (the connection is over); the unconsumed tail goes with them."""
+        self.buf = bytearray()
+        self.start = self.end = 0
+        self._spares.clear()
 
     def _next_buffer(self) -> None:
         old = self.buf

@@ -218,6 +218,7 @@ class _ResponseProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.finished:
+            self.reads.release()
             return
         if not self.head_done or isinstance(exc, OSError):
             self._end(Reason.CONNECTION_ERROR, None)  # refused before the head, or reset mid-stream
@@ -291,6 +292,9 @@ class _ResponseProtocol(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.abort()
             self.transport = None
+        # let go of the read buffers now: a closed protocol can sit in a reference cycle until a
+        # full GC, and each holds up to three buffers (views already handed on keep theirs alive)
+        self.reads.release()
 
     def pause(self) -> None:
         if self.transport is not None:

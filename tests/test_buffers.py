@@ -157,3 +157,26 @@ def test_reads_of_random_sizes_in_place_give_the_same_output_as_the_copying_spli
                 out += split(join(in_place.feed(views, now, (rb.buf, start) if whole else None)))
     assert out == ref and regions > 10
     assert cc_errors(out) == []
+
+
+def test_release_drops_every_buffer_and_a_later_read_still_gets_space() -> None:
+    rb = ReadBuffer(min_size=1000, max_size=4000)
+    for _ in range(6):
+        rb.filled(len(rb.region()))
+        rb.consume(rb.end)
+    rb.release()
+    assert len(rb.buf) == 0 and not rb._spares
+    assert len(rb.region()) == 1000
+
+
+def test_an_aborted_upstream_protocol_lets_go_of_its_read_buffers() -> None:
+    """A closed protocol may wait in a reference cycle for a full GC: it must not hold megabytes meanwhile."""
+    from types import SimpleNamespace
+
+    from relay.upstream import _ResponseProtocol
+
+    proto = _ResponseProtocol(SimpleNamespace(url="http://127.0.0.1/"), b"")  # type: ignore[arg-type]
+    proto.get_buffer(-1)[:10] = b"HTTP/1.1 2"  # a head still arriving
+    proto.buffer_updated(10)
+    proto.abort()
+    assert len(proto.reads.buf) == 0
