@@ -42,7 +42,7 @@ hiccups (``origin_max_tick_gap_ms``), the whole machine's and the load generator
 stalls over 50 ms happened (clients of one channel at one time = that channel; all at once = a process).
 
     python -m bench.throughput [--quick] [--media hd|sd] [--clients 200 --channels 50 --seconds 30]
-                               [--curve 10,50,100,200,400] [--targets origin,nginx,splice,nosplice]
+                               [--curve 10,50,100,200,400] [--targets origin,nginx,splice,nohold,nosplice]
                                [--no-profile]                (or python bench/throughput.py)
 """
 
@@ -606,9 +606,10 @@ class OriginProc:
 
 @dataclass
 class Target:
-    name: str  # "origin", "nginx", "relay (splice on)", "relay (splice off)"
+    name: str  # "origin", "nginx", "relay (splice on)", "relay (splice, no frame hold)", "relay (splice off)"
     kind: str  # origin | nginx | relay
     splice: bool = True
+    frame_hold: bool = True
 
 
 class Running:
@@ -643,12 +644,12 @@ class Running:
         return "/stream/fast" if self.target.kind == "relay" else "/live/fast/x/0.ts"
 
 
-def relay_yaml(tmp: Path, origin_url: str, channels: int, splice: bool) -> str:
+def relay_yaml(tmp: Path, origin_url: str, channels: int, splice: bool, frame_hold: bool = True) -> str:
     acc = {"url": origin_url, "password": "x", "max_connections": 10_000}
     cfg = {
         "server": {"host": HOST, "port": 0, "linger_s": 0, "max_clients": 4096},
         "storage": {"database": str(tmp / "relay.db"), "events": str(tmp / "events.jsonl")},
-        "failover": {"splice": splice, "upgrade_after_s": 3600},
+        "failover": {"splice": splice, "frame_hold": frame_hold, "upgrade_after_s": 3600},
         "tuner": {"tuner_count": channels + 2},
         "discovery": {"udp": False},
         "guide": {"sources": [{"file": str(tmp / "none.xml")}]},  # no guide fetches during the bench
@@ -675,7 +676,7 @@ def relay_yaml(tmp: Path, origin_url: str, channels: int, splice: bool) -> str:
 @contextlib.contextmanager
 def start_relay(target: Target, tmp: Path, origin: OriginProc, channels: int) -> Iterator[Running]:
     d = Path(tempfile.mkdtemp(prefix="relay-", dir=tmp))
-    (d / "config.yaml").write_text(relay_yaml(d, origin.url, channels, target.splice))
+    (d / "config.yaml").write_text(relay_yaml(d, origin.url, channels, target.splice, target.frame_hold))
     log = d / "relay.log"
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
@@ -1146,11 +1147,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     targets = [Target("origin", "origin")]
     if nginx:
         targets.append(Target("nginx", "nginx"))
-    targets += [Target("relay (splice on)", "relay", True), Target("relay (splice off)", "relay", False)]
+    targets += [
+        Target("relay (splice on)", "relay", True),
+        Target("relay (splice, no frame hold)", "relay", True, frame_hold=False),
+        Target("relay (splice off)", "relay", False),
+    ]
     keys = {
         "origin": "origin",
         "nginx": "nginx",
         "relay (splice on)": "splice",
+        "relay (splice, no frame hold)": "nohold",
         "relay (splice off)": "nosplice",
     }
     targets = [t for t in targets if keys[t.name] in args.targets]
@@ -1230,7 +1236,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     if t.kind != "relay":
                         continue
                     progress(f"py-spy on {t.name} under {args.clients} clients")
-                    raw = tmp / f"pyspy-{t.splice}.txt"
+                    raw = tmp / f"pyspy-{t.splice}-{t.frame_hold}.txt"
                     with start_target(t, tmp, origin, nginx, max_channels) as run:
                         r = run_many(
                             run,
@@ -1356,7 +1362,7 @@ def cli() -> None:
         "--targets",
         type=lambda s: s.split(","),
         default=["origin", "nginx", "splice", "nosplice"],
-        help="a subset of origin,nginx,splice,nosplice (the ratios need nginx and a relay)",
+        help="a subset of origin,nginx,splice,nohold,nosplice (the ratios need nginx and a relay)",
     )
     ap.add_argument(
         "--media",

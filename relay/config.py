@@ -57,6 +57,9 @@ class FailoverConfig(_Model):
     hedge_delay_s: float = Field(0.25, ge=0)  # head start of one candidate before the next is opened too
     hold_s: float = Field(0.0, ge=0)  # all failed mid-stream: hold the response open this long, retrying
     splice: bool = True  # rewrite the TS at a switch so the client's demuxer sees one program
+    # hold each frame until it is complete, so a dying upstream's cut frame never reaches a decoder;
+    # costs one frame of latency and, at the stream's pace, a gap while a large keyframe arrives
+    frame_hold: bool = True
     keyframe_wait_s: float = Field(1.0, ge=0)  # after a switch, wait at most this for a keyframe
     no_video_s: float = Field(3.0, gt=0)  # video silent this long while audio flows = NoVideo failure
 

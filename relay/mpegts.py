@@ -709,6 +709,7 @@ class Splicer:
         bridge_psi_interval_s: float = 0.5,
         bridge_null_packets: int = 7,
         early_after_s: float | None = 0.03,
+        frame_hold: bool = True,
     ) -> None:
         self.keyframe_wait_s = keyframe_wait_s
         self.no_video_s = no_video_s
@@ -719,6 +720,7 @@ class Splicer:
         # a PES held longer than this (a large keyframe arriving at the stream's pace) no longer holds
         # the other PIDs: their packets behind it go out ahead of it; None: strict order
         self.early_after_s = early_after_s
+        self.frame_hold = frame_hold  # False: frames go out as they arrive; a cut one reaches the client
         self._moved: set[int] = set()  # output indexes of held packets already sent ahead
         self._early_next = 0  # held packets from this index on were not looked at yet
         self._early_stuck: set[int] = set()  # PIDs with a packet that must wait: later ones wait too
@@ -1481,7 +1483,7 @@ class Splicer:
                     o.span = max(o.span, step)
             o.prev_pts, o.prev_dts = o.cur_pts, o.cur_dts
             o.cur_pts, o.cur_dts = pts, d
-        if route.kind not in ("video", "audio"):
+        if route.kind not in ("video", "audio") or not self.frame_hold:
             return
         o.pes_start = out_index
         o.pes_start_time = now

@@ -106,7 +106,7 @@ class ChannelSession:
         self.flow = FlowControl(self._pause_upstream, self._resume_upstream)
         self.started_at = shared.clock()
         fo = shared.config.failover
-        self.splicer = Splicer(fo.keyframe_wait_s, fo.no_video_s, enabled=fo.splice)
+        self.splicer = Splicer(fo.keyframe_wait_s, fo.no_video_s, enabled=fo.splice, frame_hold=fo.frame_hold)
         self._held_log: tuple[Log, float] | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._last_out = 0.0

@@ -490,6 +490,20 @@ def test_a_video_pes_held_for_long_lets_the_other_pids_go_ahead_each_in_its_own_
     assert video_dts(out, 0x100) == sorted(video_dts(out, 0x100))
 
 
+def test_without_frame_hold_frames_go_out_at_once_and_a_cut_one_is_not_dropped() -> None:
+    """frame_hold=False trades the clean cut for pacing: no frame of latency, nothing dropped at a switch."""
+    up = Upstream()
+    fed = up.stream(6)
+    held, flowing = Splicer(), Splicer(frame_hold=False)
+    video_held = [p for p in run(held, fed) if pid_of(p) == 0x100]
+    video_flowing = [p for p in run(flowing, fed) if pid_of(p) == 0x100]
+    assert len(video_flowing) == len(video_held) + up.video_packets  # the last frame is not waited for
+    for splicer in (held, flowing):
+        splicer.feed([b"".join(up.stream(1, start=6)[:2])], 0.1)  # a frame cut by a dying upstream
+        splicer.switch(1.0)
+    assert held.dropped_packets > flowing.dropped_packets
+
+
 def test_foreign_pids_are_dropped_and_null_packets_pass() -> None:
     packets = Upstream().stream(6)
     packets.insert(9, ts_packet(0x11, b"\x42" * 20))  # SDT
