@@ -60,6 +60,9 @@ class FailoverConfig(_Model):
     # hold each frame until it is complete, so a dying upstream's cut frame never reaches a decoder;
     # costs one frame of latency and, at the stream's pace, a gap while a large keyframe arrives
     frame_hold: bool = True
+    # a backup in other codecs than the client started with (H.264/AAC -> MPEG-2/MP2): re-encode it to
+    # those codecs with ffmpeg while it is current; false (or no ffmpeg): it gets PIDs of its own
+    transcode: bool = True
     keyframe_wait_s: float = Field(1.0, ge=0)  # after a switch, wait at most this for a keyframe
     no_video_s: float = Field(3.0, gt=0)  # video silent this long while audio flows = NoVideo failure
 

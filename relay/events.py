@@ -32,6 +32,7 @@ CATEGORIES = {
     "upgrade_failed": "failover",
     "exhausted": "failover",
     "holding": "failover",
+    "transcode": "failover",
     "session_start": "stream",
     "session_end": "stream",
     "account_inactive": "provider",
@@ -59,6 +60,8 @@ def message(event: str, f: dict[str, Any]) -> str:
         return f"{ch}: upgrade {frm} -> {to} failed ({why}); staying"
     if event == "holding":
         return f"{ch}: all streams failed after {frm} ({why}); holding the response, retrying"
+    if event == "transcode":
+        return f"{ch}: re-encoding {to} ({f.get('from_codecs')} -> {f.get('to_codecs')}): {why}"
     if event == "client_dropped":
         return f"{ch}: dropped a viewer that fell behind ({f.get('reason')})"
     if event == "session_start":

@@ -43,6 +43,7 @@ class Metrics:
         self.upgrades = Counter("relay_upgrades", "Returns to a better stream", registry=r)
         self.upgrade_failures = Counter("relay_upgrade_failures", "Upgrade probes that failed", registry=r)
         self.dropped_clients = Counter("relay_dropped_clients", "Clients dropped for lagging", registry=r)
+        self.transcodes = Counter("relay_transcodes", "Backups re-encoded to the client's codecs", registry=r)
         self.switch_seconds = Histogram(
             "relay_switch_seconds", "Detection to first backup byte", buckets=SWITCH_BUCKETS, registry=r
         )
@@ -68,6 +69,8 @@ class Metrics:
             self.upgrade_failures.inc()
         elif name == "client_dropped":
             self.dropped_clients.inc()
+        elif name == "transcode":
+            self.transcodes.inc()
 
     def session_ended(self, s: ChannelSession) -> None:
         self.ended_bytes += s.bytes_out

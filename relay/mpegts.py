@@ -630,6 +630,7 @@ class _Upstream:
     audio_seen: float | None = None
     psi_last: dict[int, tuple[bytes, int]] = field(default_factory=dict)  # PID -> (_psi_key, cc)
     psi_native: set[int] = field(default_factory=set)  # its PSI equals ours: passes untouched
+    codec_change: bool = False  # its video/audio codec differs from the output's: kept out (transcoder)
 
 
 _KEEP = 1
@@ -660,6 +661,14 @@ def _pid_hi_table(hi: int) -> bytes:
 @functools.cache
 def _pid_lo_table(lo: int) -> bytes:
     return bytes(1 if b == lo else 0 for b in range(256))
+
+
+def _first_types(program: ProgramMap | None) -> tuple[int | None, int | None]:
+    if program is None:
+        return None, None
+    kinds = [(stream_kind(es.stream_type, es.ES_info), es.stream_type) for es in program.streams]
+    video = next((t for k, t in kinds if k == "video"), None)
+    return video, next((t for k, t in kinds if k == "audio"), None)
 
 
 def _runs_without(seg: memoryview, first: int, skip: Callable[[int, int], bool]) -> list[memoryview]:
@@ -710,6 +719,8 @@ class Splicer:
         bridge_null_packets: int = 7,
         early_after_s: float | None = 0.03,
         frame_hold: bool = True,
+        transcodable: Callable[[tuple[int | None, int | None], tuple[int | None, int | None]], bool]
+        | None = None,
     ) -> None:
         self.keyframe_wait_s = keyframe_wait_s
         self.no_video_s = no_video_s
@@ -721,6 +732,10 @@ class Splicer:
         # the other PIDs: their packets behind it go out ahead of it; None: strict order
         self.early_after_s = early_after_s
         self.frame_hold = frame_hold  # False: frames go out as they arrive; a cut one reaches the client
+        # transcodable(output's (video, audio) stream types, upstream's) is True: an upstream whose
+        # video or audio codec differs from the output's never enters (its bytes are to be re-encoded
+        # to the output's codecs and fed as the next upstream); else the new codec gets its own PIDs
+        self.transcodable = transcodable
         self._moved: set[int] = set()  # output indexes of held packets already sent ahead
         self._early_next = 0  # held packets from this index on were not looked at yet
         self._early_stuck: set[int] = set()  # PIDs with a packet that must wait: later ones wait too
@@ -757,6 +772,19 @@ class Splicer:
     def entered(self) -> bool:
         """The current upstream's clean entry is done: from here on its packets go out."""
         return self._src.entered or not self.enabled
+
+    @property
+    def codec_change(self) -> bool:
+        """The current upstream's codecs differ from the output's and it is held out (transcodable)."""
+        return self._src.codec_change
+
+    def output_types(self) -> tuple[int | None, int | None]:
+        """stream_type of the output program's first video and first audio stream."""
+        return _first_types(self._pmt)
+
+    def upstream_types(self) -> tuple[int | None, int | None]:
+        """stream_type of the current upstream's first video and first audio stream."""
+        return _first_types(self._src.program)
 
     @property
     def pmt_version(self) -> int:
@@ -1083,6 +1111,19 @@ class Splicer:
                 PAT_PID,
                 build_pat_section(src.transport_stream_id, [(program.program_number, src.pmt_pid or 0)]),
             )
+        if self.transcodable is not None and self._pmt is not None and not src.entered:
+            known = {key for key in self._slots if key != (-1,)}
+            kinds = {stream_kind(es.stream_type, es.ES_info) for es in self._pmt.streams}
+            firsts = [
+                next((es for es in program.streams if stream_kind(es.stream_type, es.ES_info) == k), None)
+                for k in ("video", "audio")
+                if k in kinds
+            ]
+            if any(es is not None and _es_key(es) not in known for es in firsts) and self.transcodable(
+                _first_types(self._pmt), _first_types(program)
+            ):
+                src.codec_change, src.program, src.routes, src.tables = True, program, {}, None
+                return
         old = src.routes
         routes: dict[int, _Route] = {}
         ordinal: dict[tuple[int, ...], int] = {}

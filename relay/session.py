@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from relay import http11
+from relay import http11, transcode
 from relay.config import Config
 from relay.events import EventLog
 from relay.failover import (
@@ -106,7 +106,18 @@ class ChannelSession:
         self.flow = FlowControl(self._pause_upstream, self._resume_upstream)
         self.started_at = shared.clock()
         fo = shared.config.failover
-        self.splicer = Splicer(fo.keyframe_wait_s, fo.no_video_s, enabled=fo.splice, frame_hold=fo.frame_hold)
+        ffmpeg = transcode.available() if fo.transcode else None
+        self.splicer = Splicer(
+            fo.keyframe_wait_s,
+            fo.no_video_s,
+            enabled=fo.splice,
+            frame_hold=fo.frame_hold,
+            transcodable=(lambda want, have: transcode.ffmpeg_args(want, have, ffmpeg) is not None)
+            if ffmpeg
+            else None,
+        )
+        self._ffmpeg = ffmpeg
+        self._transcoders: dict[int, transcode.Transcoder] = {}  # attempt -> its re-encoder
         self._held_log: tuple[Log, float] | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._last_out = 0.0
@@ -228,6 +239,9 @@ class ChannelSession:
         for att in self.attempts.values():
             att.close()
         self.attempts.clear()
+        for tx in self._transcoders.values():
+            tx.close()
+        self._transcoders.clear()
         self.current = None
         self._on_end(self)
 
@@ -243,7 +257,11 @@ class ChannelSession:
         if cur is not None and cur.id == attempt:  # the hot path
             now = self.shared.clock()
             self.machine.packets(attempt, now)
-            self._send(views, now, region)
+            tx = self._transcoders.get(attempt)
+            if tx is not None:
+                tx.write(views)
+            else:
+                self._send(views, now, region)
             return
         att = self.attempts.get(attempt)
         if att is None:
@@ -269,6 +287,9 @@ class ChannelSession:
                 att.start()
             elif isinstance(a, Close):
                 att = self.attempts.pop(a.attempt, None)
+                tx = self._transcoders.pop(a.attempt, None)
+                if tx is not None:
+                    tx.close()
                 if att is not None:
                     att.close()
                     if att is self.current:
@@ -326,11 +347,61 @@ class ChannelSession:
     def _send(self, views: list[memoryview], now: float, region: tuple[bytearray, int] | None = None) -> None:
         """The current upstream's packets through the splice to every client, by reference."""
         out = self.splicer.feed(views, now, region)
+        if self.splicer.codec_change and self.current is not None:
+            self._start_transcoder(self.current.id, views, now)
         if self._held_log is not None and self.splicer.entered:
             self._flush_held_log(now)
         if out:
             self._last_out = now
             self._write(out)
+
+    def _start_transcoder(self, attempt: int, views: list[memoryview], now: float) -> None:
+        """The current upstream brings other codecs: from here on its bytes go through ffmpeg."""
+        want, have = self.splicer.output_types(), self.splicer.upstream_types()
+        args = transcode.ffmpeg_args(want, have, self._ffmpeg or "ffmpeg")
+        assert args is not None  # the splicer held it out only if this has an answer
+        tx = transcode.Transcoder(
+            args,
+            on_packets=functools.partial(self._transcoded, attempt),
+            on_end=functools.partial(self._transcoder_ended, attempt),
+            on_backlog=functools.partial(self._transcoder_backlog, attempt),
+        )
+        self._transcoders[attempt] = tx
+        self.splicer.switch(now)  # its re-encoded output enters like a new upstream
+        tx.write(views)
+        cur = self.machine.current_candidate
+        self.shared.events.emit(
+            "transcode",
+            "info",
+            {
+                "channel": self.channel,
+                "to_stream": cur.ref if cur else None,
+                "reason": "CodecChange",
+                "from_codecs": transcode.describe(have),
+                "to_codecs": transcode.describe(want),
+            },
+        )
+
+    def _transcoded(self, attempt: int, views: list[memoryview]) -> None:
+        cur = self.current
+        if cur is not None and cur.id == attempt:
+            self._send(views, self.shared.clock())
+
+    def _transcoder_backlog(self, attempt: int, behind: bool) -> None:
+        """ffmpeg encodes slower than the stream comes: hold the upstream back rather than buffer it."""
+        att = self.attempts.get(attempt)
+        if att is None:
+            return
+        if behind:
+            att.pause_reading()
+        elif not self.flow.paused:
+            att.resume_reading()
+
+    def _transcoder_ended(self, attempt: int) -> None:
+        """ffmpeg gave up (or could not start): that upstream failed, like one that ends."""
+        self._transcoders.pop(attempt, None)
+        if attempt in self.attempts:
+            self.on_failed(attempt, Reason.STREAM_ERROR, None)
 
     def _write(self, views: list[bytes | memoryview]) -> None:
         size = sum(len(v) for v in views) if len(views) > 1 else len(views[0])

@@ -11,8 +11,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests import fake_provider as fp
 from tests.fake_provider import FakeProvider
 from tests.ffmpeg_client import FfmpegDecoder
@@ -24,7 +22,9 @@ EVERY_S = 2.5
 STALL_S = 1.5  # longer than the splicer's hold_max_s, as a real 5 s stall is
 
 
-async def relay_through_failovers(tmp: Path, *, splice: bool, second: str = "h264b") -> dict:
+async def relay_through_failovers(
+    tmp: Path, *, splice: bool, second: str = "h264b", transcode: bool = True
+) -> dict:
     """ffmpeg decodes the channel while the current upstream is dropped every EVERY_S seconds."""
     require_ffmpeg()
     # longer than any one upstream lives here: the fake provider loops its file, and a loop's
@@ -34,6 +34,7 @@ async def relay_through_failovers(tmp: Path, *, splice: bool, second: str = "h26
         cfg = config_for(
             tmp, pa, {"ch": [("a", 1), ("b", 2)]}, urls={"b": pb.url}, splice=splice, stall_timeout_s=STALL_S
         )
+        cfg["failover"]["transcode"] = transcode
         async with running_relay(cfg, tmp) as relay:
             ff = await FfmpegDecoder(
                 f"http://127.0.0.1:{relay.port}/stream/ch", SWITCHES * EVERY_S + SWITCHES // 2 * STALL_S + 3
@@ -53,6 +54,7 @@ async def relay_through_failovers(tmp: Path, *, splice: bool, second: str = "h26
             await capture.close()
             recorded = tmp / "capture.ts"
             recorded.write_bytes(bytes(capture.body))
+            await relay.events.flush()
     probe = subprocess.run(
         ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "json", str(recorded)],
         capture_output=True, text=True, timeout=60, check=True,
@@ -64,6 +66,7 @@ async def relay_through_failovers(tmp: Path, *, splice: bool, second: str = "h26
         "kinds": kinds,
         "after_each_switch": [ff.decoded_between(t + 0.3, t + EVERY_S) for t in switches],
         "frames": ff.total,
+        "transcodes": [e for e in read_events(tmp) if e["event"] == "transcode"],
     }
 
 
@@ -84,14 +87,29 @@ async def test_without_the_splice_the_same_failovers_break_the_demuxer(tmp_path:
     assert len(r["errors"]) > 0 or len(r["kinds"]) > 2
 
 
-@pytest.mark.parametrize("second", ["mpeg2"])
-async def test_given_a_codec_change_at_a_switch_then_no_decoder_errors(tmp_path: Path, second: str):
-    """H.264/AAC <-> MPEG-2/MP2: the new codec gets PIDs of its own (ffmpeg keeps a PID's first
-    codec: a codec change on one PID decodes as garbage), so nothing is corrupt; the client sees a
-    stream per codec, and the ffmpeg CLI decodes only the streams it mapped at the start, i.e. the
-    H.264 periods (after switches 2 and 4)."""
-    r = await relay_through_failovers(tmp_path, splice=True, second=second)
+async def test_given_a_codec_change_at_a_switch_then_it_is_re_encoded_and_ffmpeg_sees_one_clean_program(
+    tmp_path: Path,
+):
+    """H.264/AAC <-> MPEG-2/MP2: the MPEG-2 periods are re-encoded to H.264/AAC (ffmpeg keeps a PID's
+    first codec, and a player the streams it mapped at the start), so the client decodes every period
+    with the codecs it started with."""
+    r = await relay_through_failovers(tmp_path, splice=True, second="mpeg2")
+    print(f"\ncodec change, re-encoded: {len(r['errors'])} ffmpeg error lines, streams {r['kinds']}")
     assert r["errors"] == []
+    assert sorted(r["kinds"]) == ["audio", "video"]
+    assert all(n >= 25 for n in r["after_each_switch"]), r["after_each_switch"]
+    # the two MPEG-2 periods (switches 1 and 3) were re-encoded, the H.264 ones not
+    assert [(e["to_stream"], e["from_codecs"], e["to_codecs"]) for e in r["transcodes"]] == [
+        ("b/2", "mpeg2video/mp2", "h264/aac")
+    ] * 2
+
+
+async def test_given_a_codec_change_without_transcode_then_the_new_codec_gets_pids_of_its_own(tmp_path: Path):
+    """failover.transcode: false: nothing is corrupt, the client sees a stream per codec, and the ffmpeg
+    CLI decodes only the streams it mapped at the start, i.e. the H.264 periods (after switches 2 and 4)."""
+    r = await relay_through_failovers(tmp_path, splice=True, second="mpeg2", transcode=False)
+    assert r["errors"] == []
+    assert sorted(r["kinds"]) == ["audio", "audio", "video", "video"] and r["transcodes"] == []
     back_on_h264 = r["after_each_switch"][1::2]
     assert all(n >= 25 for n in back_on_h264), r["after_each_switch"]
 
