@@ -347,8 +347,9 @@ class ChannelSession:
     def _send(self, views: list[memoryview], now: float, region: tuple[bytearray, int] | None = None) -> None:
         """The current upstream's packets through the splice to every client, by reference."""
         out = self.splicer.feed(views, now, region)
-        if self.splicer.codec_change and self.current is not None:
-            self._start_transcoder(self.current.id, views, now)
+        cur = self.current
+        if self.splicer.codec_change and cur is not None and cur.id not in self._transcoders:
+            self._start_transcoder(cur.id, views, now)
         if self._held_log is not None and self.splicer.entered:
             self._flush_held_log(now)
         if out:
