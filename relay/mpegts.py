@@ -48,6 +48,12 @@ Theory of operation (Splicer)
   A hold older than ``hold_max_s`` lapses, so a stuck PID cannot stall the output. A PES held longer
   than ``early_after_s`` (a large keyframe arriving at the stream's pace) stops holding the other
   PIDs: their packets behind it go out ahead of it, each PID in its own order (``_send_ahead``).
+- Lag: a frame is let out only once complete, so a large keyframe arriving at the stream's pace would
+  leave the client without bytes while it arrives. The output therefore trails the upstream by the
+  longest frame hold seen in the last ``lag_window_s`` (at most ``hold_max_s``, ``lag_bytes_max``):
+  packets leave at their arrival time plus the lag, at the pace they came. After a switch the lag
+  starts at zero: the entry keyframe is held whole during the switch anyway, and that hold is the new
+  lag, so a switch is not slowed by it. ``poll(now)`` lets out what fell due while nothing arrived.
 - Clean entry: after a switch nothing goes out until the PMT is known and a video PES starts at a
   random-access point (random_access_indicator, or an H.264 IDR/SPS, HEVC IRAP/VPS/SPS, MPEG-2 sequence
   header/GOP/I-picture in its first packet). Our PAT and PMT go out right before it. After
@@ -719,6 +725,8 @@ class Splicer:
         bridge_null_packets: int = 7,
         early_after_s: float | None = 0.03,
         frame_hold: bool = True,
+        lag_window_s: float = 30.0,
+        lag_bytes_max: int = 2 << 20,
         transcodable: Callable[[tuple[int | None, int | None], tuple[int | None, int | None]], bool]
         | None = None,
     ) -> None:
@@ -732,6 +740,14 @@ class Splicer:
         # the other PIDs: their packets behind it go out ahead of it; None: strict order
         self.early_after_s = early_after_s
         self.frame_hold = frame_hold  # False: frames go out as they arrive; a cut one reaches the client
+        # the output lags the upstream by the longest frame hold seen in the last lag_window_s, so that
+        # held frames come out at the pace they came in (never more than lag_bytes_max behind)
+        self.lag_window_s = lag_window_s
+        self._lag_packets = max(lag_bytes_max // _PKT, 1)
+        self._lag = 0.0
+        self._spans: deque[tuple[float, float]] = deque()  # (when, hold) decreasing: a sliding max
+        self._arrivals: deque[tuple[int, float]] = deque()  # (held output index after a read, its time)
+        self._due = 0  # held output before this index has waited out the lag
         # transcodable(output's (video, audio) stream types, upstream's) is True: an upstream whose
         # video or audio codec differs from the output's never enters (its bytes are to be re-encoded
         # to the output's codecs and fed as the next upstream); else the new codec gets its own PIDs
@@ -754,7 +770,7 @@ class Splicer:
         self._pmt_packets: list[bytearray] = []
         self._psi_cc: dict[int, int] = {}
         self._held: deque[tuple[int, memoryview | bytearray]] = deque()
-        self._ready: list[memoryview | bytearray] = []
+        self._ready: list[bytes | memoryview] = []  # due at once (the old upstream's, at a switch)
         # PSI packets in the held output: ours written in place (stamped when released), or the
         # upstream's own passing unchanged (``native``: their counter becomes ours when released)
         self._marks: deque[tuple[int, memoryview, bool]] = deque()
@@ -825,10 +841,25 @@ class Splicer:
             pos: int | None = start
             while pos is not None and pos < stop:
                 pos = self._chunk(buf, view, pos, stop, now)
+            if self.frame_hold:
+                self._arrivals.append((self._out_next, now))
         self._release(out, now)
         if out:
             self._started = True
         return out
+
+    def poll(self, now: float) -> list[bytes | memoryview]:
+        """What became due without new input (the lag ran out while the upstream was silent)."""
+        out: list[bytes | memoryview] = []
+        if self.enabled and self._src.t0 is not None:
+            self._drain_ready(out)
+            self._release(out, now, lapse=False)
+        return out
+
+    @property
+    def lag_s(self) -> float:
+        """How far the output trails the upstream, so that frames held whole do not leave gaps."""
+        return self._lag
 
     def switch(self, now: float) -> None:
         """The next packets fed come from another upstream: drop unfinished PES, expect a clean entry."""
@@ -837,6 +868,10 @@ class Splicer:
             return
         self._finish_upstream(now)
         self._src = _Upstream()
+        # the new upstream's entry keyframe is held whole anyway: the client waits for it during the
+        # switch, and that wait is the new lag, learned again from this upstream's frames
+        self._lag = 0.0
+        self._spans.clear()
 
     def join_prefix(self) -> bytes:
         """PAT and PMT for a client joining mid-stream.
@@ -926,47 +961,107 @@ class Splicer:
         else:
             self._stamp(packet)
 
+    def _settle_to(self, index: int) -> None:
+        """Number the PSI packets of the held output before ``index``: counters go in output order."""
+        marks = self._marks
+        while marks and marks[0][0] < index:
+            _, packet, native = marks.popleft()
+            self._settle(packet, native)
+
     def _drain_ready(self, out: list[bytes | memoryview]) -> None:
-        for item in self._ready:
-            out.append(bytes(self._stamp(item)) if isinstance(item, bytearray) else item)
+        out += self._ready
         self._ready.clear()
 
-    def _release(self, out: list[bytes | memoryview], now: float) -> None:
-        """Emit held output up to the earliest start of a PES not known to be complete."""
+    def _due_limit(self, now: float, done: int) -> int:
+        """Held output before this index has trailed its arrival by the lag (or by lag_bytes_max).
+
+        A read is forgotten only once released whole (up to ``done``, where the frame hold ends): the
+        reads of a frame still arriving keep their times, so when its completion teaches a longer lag,
+        they leave at their own pace, not in a burst.
+        """
+        arrivals = self._arrivals
+        cut, floor = now - self._lag, self._out_next - self._lag_packets
+        while arrivals and (arrivals[0][1] <= cut or arrivals[0][0] <= floor):
+            end = arrivals[0][0]
+            if end > done:
+                return end
+            self._due = end
+            arrivals.popleft()
+        return self._due if arrivals else self._out_next
+
+    def _due_after(self, now: float) -> int:
+        """How far the held output is due, past a frame still held (what send-ahead may look at)."""
+        cut, floor = now - self._lag, self._out_next - self._lag_packets
+        upto = self._due
+        for end, when in self._arrivals:
+            if when > cut and end > floor:
+                return upto
+            upto = end
+        return self._out_next
+
+    def _learn_lag(self, hold: float, now: float) -> None:
+        """A frame was held ``hold`` seconds before it was complete: trail the upstream by that much.
+
+        Held frames then leave at the pace they arrived instead of in a burst after a gap (a 62 kB
+        keyframe at 8 Mbit/s takes ~60 ms to arrive; a frame hold without lag leaves the client
+        without bytes for that long).
+        """
+        spans = self._spans
+        while spans and spans[-1][1] <= hold:
+            spans.pop()
+        spans.append((now, hold))
+        while spans[0][0] < now - self.lag_window_s:
+            spans.popleft()
+        self._lag = min(spans[0][1], self.hold_max_s)
+
+    def _release(self, out: list[bytes | memoryview], now: float, lapse: bool = True) -> None:
+        """Emit held output up to the earliest start of a PES not known to be complete, once due.
+
+        ``lapse``: a hold older than hold_max_s ends (only while packets flow: when nothing arrives,
+        the upstream may have died mid-frame, and the switch drops that frame).
+        """
         limit = self._out_next
         since = now
         for route in self._src.routes.values():
             o = route.out
             if o.pes_start is not None and route.entered:
-                if now - o.pes_start_time > self.hold_max_s:
+                if lapse and now - o.pes_start_time > self.hold_max_s:
                     o.pes_start = None  # a stuck PID must not stall the program
                 elif o.pes_start < limit:
                     limit, since = o.pes_start, o.pes_start_time
-        marks = self._marks
-        while marks and marks[0][0] < limit:
-            _, packet, native = marks.popleft()
-            self._settle(packet, native)
+        frames_done = limit
+        due = self._due_limit(now, frames_done)
+        limit = min(limit, due)
         held = self._held
         while held and held[0][0] < limit:
             idx, seg = held[0]
             if isinstance(seg, bytearray):
+                self._settle_to(idx)
                 out.append(bytes(self._stamp(seg)))
                 held.popleft()
                 continue
             count = len(seg) // _PKT
             if idx + count <= limit:
+                self._settle_to(idx + count)
                 self._emit(out, idx, seg)
                 held.popleft()
             else:
                 k = limit - idx
+                self._settle_to(limit)
                 self._emit(out, idx, seg[: k * _PKT])
                 held[0] = (limit, seg[k * _PKT :])
                 break
+        self._settle_to(limit)
         if not held or limit >= self._early_next:
             self._early_next = limit  # a new hold (or none): nothing behind it was looked at
             self._early_stuck.clear()
-        if held and self.early_after_s is not None and now - since >= self.early_after_s:
-            self._send_ahead(out)
+        if (
+            held
+            and self.early_after_s is not None
+            and frames_done < due
+            and now - since >= self._lag + self.early_after_s
+        ):
+            self._send_ahead(out, self._due_after(now))
 
     def _emit(self, out: list[bytes | memoryview], idx: int, seg: memoryview) -> None:
         """Out goes a held segment, but for the packets already sent ahead of it."""
@@ -977,7 +1072,7 @@ class Splicer:
         out += _runs_without(seg, idx, lambda i, _pid: i in moved)
         moved.difference_update(range(idx, idx + len(seg) // _PKT))
 
-    def _send_ahead(self, out: list[bytes | memoryview]) -> None:
+    def _send_ahead(self, out: list[bytes | memoryview], upto: int) -> None:
         """A PES held for long: send the other PIDs' packets behind it now, in their own order.
 
         A large keyframe arrives at the stream's pace (~60 ms for 60 kB at 8 Mbit/s) and is held
@@ -997,13 +1092,15 @@ class Splicer:
         picked: list[memoryview] = []
         first = self._early_next
         for idx, seg in self._held:
+            if idx >= upto:
+                break
             if isinstance(seg, bytearray):
                 continue
-            count = len(seg) // _PKT
+            count = min(len(seg) // _PKT, upto - idx)
             if idx + count <= first:
                 continue
             skip = max(first - idx, 0)
-            part = seg[skip * _PKT :]
+            part = seg[skip * _PKT : count * _PKT]
             n = count - skip
             hi, lo = bytes(part[1::_PKT]), bytes(part[2::_PKT])
             waits = 0
@@ -1016,7 +1113,7 @@ class Splicer:
                     picked.append(part[run * _PKT : j * _PKT])
                     moved.update(range(idx + skip + run, idx + skip + j))
                 run = j + 1
-        self._early_next = max(first, self._out_next)
+        self._early_next = max(first, upto)
         if picked:
             out.append(b"".join(picked))  # a copy: these bytes also stay in the held segments, skipped
 
@@ -1031,9 +1128,6 @@ class Splicer:
             # the stream flowed has no pes_start any more)
             if route.entered and o.pes_start is not None:
                 dropping[o.pid] = o.pes_start
-        for _, packet, native in self._marks:
-            self._settle(packet, native)
-        self._marks.clear()
         moved = self._moved
 
         def gone(i: int, pid: int) -> bool:
@@ -1046,11 +1140,18 @@ class Splicer:
             return True
 
         for idx, seg in self._held:
-            if isinstance(seg, bytearray) or not (dropping or moved):
+            if isinstance(seg, bytearray):
+                self._settle_to(idx)
+                self._ready.append(bytes(self._stamp(seg)))
+                continue
+            self._settle_to(idx + len(seg) // _PKT)
+            if not (dropping or moved):
                 self._ready.append(seg)
             else:
                 self._ready += _runs_without(seg, idx, gone)
+        self._settle_to(self._out_next + 1)
         self._held.clear()
+        self._arrivals.clear()
         moved.clear()
         self._early_stuck.clear()
         self._early_next = self._out_next
@@ -1526,6 +1627,8 @@ class Splicer:
             o.cur_pts, o.cur_dts = pts, d
         if route.kind not in ("video", "audio") or not self.frame_hold:
             return
+        if route.kind == "video" and o.pes_start is not None:
+            self._learn_lag(now - o.pes_start_time, now)  # the frame before this one is complete
         o.pes_start = out_index
         o.pes_start_time = now
         o.pes_cc = cc

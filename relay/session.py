@@ -436,6 +436,9 @@ class ChannelSession:
             return
         now = self.shared.clock()
         self._keepalive = self.loop.call_later(KEEPALIVE_S, self._keepalive_tick)
+        if self.outputs and self.splicer.lag_s and (due := self.splicer.poll(now)):
+            self._last_out = now  # the upstream went quiet: what trailed it by the lag goes now
+            self._write(due)
         if now - self._last_out >= KEEPALIVE_S and self.outputs and not self.flow.paused:
             bridge = self.splicer.bridge(now)
             if bridge:

@@ -125,6 +125,7 @@ class Upstream:
     gop: int = 5
     rai: bool = True
     video_packets: int = 3
+    key_packets: int | None = None  # keyframes this many packets (default: video_packets)
     psi_every: int = 5
     extra: tuple[ElementaryStream, ...] = ()  # more PMT rows (no packets)
     cc: dict[int, int] = field(default_factory=dict)
@@ -160,15 +161,16 @@ class Upstream:
         key = f % self.gop == 0
         es = (MPEG2_KEY if key else MPEG2_DELTA) if self.video_type == 2 else H264_KEY if key else H264_DELTA
         dts = (self.t0 + f * self.frame) % PTS_MODULUS
+        count = self.key_packets if key and self.key_packets else self.video_packets
         data = pes(
             0xE0,
-            es + bytes([f & 0xFF]) * (self.video_packets * 184),
+            es + bytes([f & 0xFF]) * (count * 184),
             (dts + 2 * self.frame) % PTS_MODULUS,
             dts,
         )
         chunks = [
             data[:170],
-            *[data[i : i + 184] for i in range(170, len(data), 184)][: self.video_packets - 1],
+            *[data[i : i + 184] for i in range(170, len(data), 184)][: count - 1],
         ]
         out = []
         for i, chunk in enumerate(chunks):
@@ -504,6 +506,113 @@ def test_without_frame_hold_frames_go_out_at_once_and_a_cut_one_is_not_dropped()
     assert held.dropped_packets > flowing.dropped_packets
 
 
+def paced(
+    splicer: Splicer, packets: list[bytes], t: float, per_ms: int = 2
+) -> tuple[list[bytes], list[float]]:
+    """Feed ``per_ms`` packets a millisecond from time ``t``, as a provider at the stream's pace does."""
+    out: list[bytes] = []
+    times: list[float] = []
+    for i in range(0, len(packets), per_ms):
+        now = t + i / per_ms / 1000
+        got = split(join(splicer.feed([b"".join(packets[i : i + per_ms])], now)))
+        if got:
+            out += got
+            times.append(now)
+    return out, times
+
+
+def test_held_frames_leave_at_the_pace_they_arrived_without_a_gap_for_a_large_keyframe() -> None:
+    """Given keyframes of 60 packets arriving over 30 ms (a 62 kB keyframe at 8 Mbit/s, scaled), Then
+    after the entry the client never waits more than one read for bytes, and the frame hold still
+    holds: the output trails the upstream by the keyframe's hold, every packet goes out once, in order."""
+    up = Upstream(key_packets=60, gop=5)
+    fed = up.stream(40)
+    splicer = Splicer(early_after_s=None)
+    out, times = paced(splicer, fed, 0.0)
+    assert times[1] >= 0.031, "the entry keyframe is held whole (only our PAT/PMT went before it)"
+    gaps = [round((b - a) * 1000, 3) for a, b in itertools.pairwise(times[1:])]
+    assert max(gaps) <= 2.0, f"a read or two (float rounding of the lag) at most, got {max(gaps)} ms"
+    assert 0.028 <= splicer.lag_s <= 0.032, "the keyframe's hold: 60 packets + the next PES start, 2 a ms"
+    assert cc_errors(out) == [] and video_dts(out, 0x100) == sorted(video_dts(out, 0x100))
+    out += split(join(splicer.poll(1.0)))
+    assert len(out) >= len(fed) - up.video_packets - 2, "all but the last, unfinished frame went out"
+
+
+def test_a_lagging_output_still_drops_the_frame_a_dying_upstream_cut() -> None:
+    """Given the output trails the upstream, When the upstream dies in the middle of a keyframe, Then
+    what had arrived complete goes out at the switch and the cut keyframe never does."""
+    up = Upstream(key_packets=60, gop=5)
+    fed = up.stream(16)  # frame 15 is a keyframe: cut it after 30 of its 60 packets
+    cut = max(n for n, p in enumerate(fed) if pid_of(p) == 0x100 and p[1] & 0x40 and p[5] & 0x40) + 30
+    splicer = Splicer(early_after_s=None)
+    out, _ = paced(splicer, fed[:cut], 0.0)
+    assert splicer.lag_s > 0.02
+    cut_dts = pes_times(fed[cut - 30])[1]
+    splicer.switch(1.0)
+    out += split(join(splicer.feed([b"".join(B_upstream().stream(10))], 1.0)))
+    starts = [n for n, p in enumerate(out) if pid_of(p) == 0x100 and p[1] & 0x40]
+    counts = [sum(1 for p in out[a:b] if pid_of(p) == 0x100) for a, b in itertools.pairwise(starts)]
+    assert set(counts) <= {3, 60}, "every video PES that went out is whole"
+    assert cut_dts - 3600 in video_dts(out, 0x100), "the complete frame before the cut went out at the switch"
+    in_slot = [p for p in out if pid_of(p) == 0x100 and pes_times(p)[1] == cut_dts]
+    assert len(in_slot) == 1 and in_slot[0][5] & 0x40, "the cut keyframe's slot is B's keyframe"
+    assert cc_errors(out) == []
+
+
+def test_after_a_switch_the_lag_starts_again_so_the_switch_is_not_slowed_by_it() -> None:
+    """Given A's output trails by its keyframe hold, When B takes over with small frames, Then B's entry
+    goes out as soon as its keyframe is complete, not a lag later."""
+    a = Upstream(key_packets=60, gop=5)
+    splicer = Splicer(early_after_s=None)
+    paced(splicer, a.stream(12), 0.0)
+    assert splicer.lag_s > 0.02
+    splicer.switch(1.0)
+    b_fed = B_upstream().stream(10)
+    _, times = paced(splicer, b_fed, 1.0)
+    entry = next(n for n, p in enumerate(b_fed) if pid_of(p) == 0x1E1 and p[1] & 0x40)
+    following = next(n for n, p in enumerate(b_fed) if n > entry and pid_of(p) == 0x1E1 and p[1] & 0x40)
+    assert times[0] <= 1.0 + (following // 2 + 1) / 1000, "B's entry left when its next PES start came"
+    assert splicer.lag_s < 0.01
+
+
+def test_the_lag_never_holds_more_than_lag_bytes_max() -> None:
+    """Given a frame held for long (the reads paused mid-frame), Then the lag it teaches is bounded in
+    bytes: a fast upstream is never buffered for that long."""
+    up = Upstream(key_packets=60, gop=5)
+    splicer = Splicer(early_after_s=None, lag_bytes_max=20 * TS)
+    fed = up.stream(30)
+    out: list[bytes] = []
+    for i in range(0, len(fed), 2):  # 2 packets a ms, but 0.5 s between the keyframe's halves
+        now = i / 2000 + (0.5 if i > 40 else 0.0)
+        out += split(join(splicer.feed([b"".join(fed[i : i + 2])], now)))
+    assert splicer.lag_s >= 0.5
+    assert len(fed) - len(out) <= 20 + 60 + 2, "held: at most lag_bytes_max plus the frame still arriving"
+
+
+def test_poll_lets_out_what_fell_due_while_the_upstream_was_silent() -> None:
+    fed = Upstream(key_packets=60, gop=5).stream(12)
+    splicer = Splicer(early_after_s=None)
+    out, _ = paced(splicer, fed, 0.0)
+    last_read = (len(fed) - 1) // 2 / 1000
+    assert splicer.poll(last_read) == [], "nothing more is due at the last read: it trails by the lag"
+    late = split(join(splicer.poll(last_read + splicer.lag_s + 0.001)))
+    last_start = max(n for n, p in enumerate(fed) if pid_of(p) == 0x100 and p[1] & 0x40)
+    assert len(out) + len(late) == last_start, "all but the last frame, held until its end is known"
+    assert cc_errors(out + late) == []
+    assert splicer.poll(last_read + 5.0) == [], "a silent upstream's unfinished frame never lapses out"
+
+
+def test_psi_counters_follow_the_output_order_when_one_read_holds_many_psi_packets() -> None:
+    """Given whole streams in one read each (a provider's burst at connect, 1 MiB reads), Then our
+    inserted PAT/PMT and the upstream's own are numbered in the order they go out (a switch too)."""
+    splicer = Splicer()
+    out = split(join(splicer.feed([b"".join(Upstream().stream(16)[:100])], 0.0)))
+    splicer.switch(1.0)
+    out += split(join(splicer.feed([b"".join(B_upstream().stream(10))], 1.0)))
+    assert sum(1 for p in out if pid_of(p) == 0) >= 5
+    assert cc_errors(out) == []
+
+
 def test_foreign_pids_are_dropped_and_null_packets_pass() -> None:
     packets = Upstream().stream(6)
     packets.insert(9, ts_packet(0x11, b"\x42" * 20))  # SDT
@@ -737,6 +846,7 @@ def test_splicer_output_is_whole_valid_packets_with_clean_cc_and_timeline(
             out += splicer.feed(aligner.feed(data[pos : pos + step]), now)
             pos, i = pos + step, i + 1
         out.append(splicer.bridge(now))
+    out += splicer.poll(now + 60)  # the end: what still trailed by the lag
     blob = join(out)
     assert len(blob) % TS == 0 and blob[::TS] == b"\x47" * (len(blob) // TS)
     packets = split(blob)
