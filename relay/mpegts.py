@@ -49,11 +49,13 @@ Theory of operation (Splicer)
   than ``early_after_s`` (a large keyframe arriving at the stream's pace) stops holding the other
   PIDs: their packets behind it go out ahead of it, each PID in its own order (``_send_ahead``).
 - Lag: a frame is let out only once complete, so a large keyframe arriving at the stream's pace would
-  leave the client without bytes while it arrives. The output therefore trails the upstream by the
-  longest frame hold seen in the last ``lag_window_s`` (at most ``hold_max_s``, ``lag_bytes_max``):
-  packets leave at their arrival time plus the lag, at the pace they came. After a switch the lag
-  starts at zero: the entry keyframe is held whole during the switch anyway, and that hold is the new
-  lag, so a switch is not slowed by it. ``poll(now)`` lets out what fell due while nothing arrived.
+  leave the client without bytes while it arrives (62 kB at 8 Mbit/s: ~60 ms). The output therefore
+  trails the upstream by the longest frame hold seen in the last ``lag_window_s``, counted in reads
+  plus one spare (at most ``lag_bytes_max``): each read lets out the read that many reads before it,
+  so bytes leave at the pace they came. Counting reads, not seconds, matters: compared at jittery read
+  times, a lag in seconds lets out nothing at one read and two at the next, doubling a gap. After a
+  switch the lag starts at zero: the entry keyframe is held whole during the switch anyway, and that
+  hold is the new lag. ``poll(now)`` lets out what trailed by the lag once the upstream went silent.
 - Clean entry: after a switch nothing goes out until the PMT is known and a video PES starts at a
   random-access point (random_access_indicator, or an H.264 IDR/SPS, HEVC IRAP/VPS/SPS, MPEG-2 sequence
   header/GOP/I-picture in its first packet). Our PAT and PMT go out right before it. After
@@ -84,6 +86,7 @@ SYNC_BYTE = 0x47
 PAT_PID = 0x0000
 NULL_PID = 0x1FFF
 PTS_MODULUS = 1 << 33  # PTS/DTS and the PCR base are 33-bit counters of a 90 kHz clock
+LAG_MIN_HOLD_S = 0.005  # a frame held for less than this leaves no gap worth a lag
 NO_VIDEO = "NoVideo"
 
 NULL_PACKET = bytes([SYNC_BYTE, 0x1F, 0xFF, 0x10]) + b"\xff" * 184  # AFC=01 payload only, as 13818-1 wants
@@ -576,6 +579,7 @@ class _OutStream:
     next_cc: int | None = None  # set at a switch: what the next payload packet must carry
     pes_start: int | None = None  # output index of the current PES while it is held
     pes_start_time: float = 0.0
+    pes_start_read: int = 0  # the Splicer's read count when it began
     pes_cc: int = 0  # continuity_counter of that PES's first packet
     pes_remaining: int = -1  # bytes still due of a bounded audio PES; -1: unbounded
     pes_chunk: int = -1  # which chunk its first packet was in, and where (packet index)
@@ -740,14 +744,17 @@ class Splicer:
         # the other PIDs: their packets behind it go out ahead of it; None: strict order
         self.early_after_s = early_after_s
         self.frame_hold = frame_hold  # False: frames go out as they arrive; a cut one reaches the client
-        # the output lags the upstream by the longest frame hold seen in the last lag_window_s, so that
-        # held frames come out at the pace they came in (never more than lag_bytes_max behind)
+        # the output trails the upstream by the longest frame hold (in reads) of the last lag_window_s,
+        # so that held frames come out at the pace they came in (never more than lag_bytes_max behind)
         self.lag_window_s = lag_window_s
         self._lag_packets = max(lag_bytes_max // _PKT, 1)
-        self._lag = 0.0
-        self._spans: deque[tuple[float, float]] = deque()  # (when, hold) decreasing: a sliding max
+        self._reads = 0  # reads fed
+        self._spans: deque[tuple[float, int]] = deque()  # (when, reads a frame was held) a sliding max
         self._arrivals: deque[tuple[int, float]] = deque()  # (held output index after a read, its time)
         self._due = 0  # held output before this index has waited out the lag
+        self._step = 0.0  # average time between reads
+        self._keep = 0  # the lag in reads
+        self._last_feed: float | None = None
         # transcodable(output's (video, audio) stream types, upstream's) is True: an upstream whose
         # video or audio codec differs from the output's never enters (its bytes are to be re-encoded
         # to the output's codecs and fed as the next upstream); else the new codec gets its own PIDs
@@ -843,6 +850,11 @@ class Splicer:
                 pos = self._chunk(buf, view, pos, stop, now)
             if self.frame_hold:
                 self._arrivals.append((self._out_next, now))
+                self._reads += 1
+                if self._last_feed is not None:
+                    gap = min(now - self._last_feed, 0.1)
+                    self._step = gap if self._step <= 0 else self._step + (gap - self._step) / 4
+                self._last_feed = now
         self._release(out, now)
         if out:
             self._started = True
@@ -853,13 +865,13 @@ class Splicer:
         out: list[bytes | memoryview] = []
         if self.enabled and self._src.t0 is not None:
             self._drain_ready(out)
-            self._release(out, now, lapse=False)
+            self._release(out, now, polled=True)
         return out
 
     @property
     def lag_s(self) -> float:
         """How far the output trails the upstream, so that frames held whole do not leave gaps."""
-        return self._lag
+        return self._keep * self._step
 
     def switch(self, now: float) -> None:
         """The next packets fed come from another upstream: drop unfinished PES, expect a clean entry."""
@@ -870,7 +882,7 @@ class Splicer:
         self._src = _Upstream()
         # the new upstream's entry keyframe is held whole anyway: the client waits for it during the
         # switch, and that wait is the new lag, learned again from this upstream's frames
-        self._lag = 0.0
+        self._keep = 0
         self._spans.clear()
 
     def join_prefix(self) -> bytes:
@@ -972,16 +984,32 @@ class Splicer:
         out += self._ready
         self._ready.clear()
 
-    def _due_limit(self, now: float, done: int) -> int:
-        """Held output before this index has trailed its arrival by the lag (or by lag_bytes_max).
+    def _keep_reads(self, now: float, polled: bool) -> int:
+        """How many of the latest reads stay held: the lag, counted in reads.
+
+        Output leaves when reads come, so the lag is kept as a number of reads (one in, one out):
+        a lag in seconds compared at jittery read times would let out nothing at one read and two at
+        the next, doubling a gap. ``polled``: no read came for longer than the lag (a silent
+        upstream), so what is older than the lag goes.
+        """
+        if polled:
+            last = self._last_feed if self._last_feed is not None else now
+            lag = self.lag_s
+            if now - last <= max(lag, 2 * self._step):
+                return len(self._arrivals)  # reads still come: they let the output out
+            return sum(1 for _, when in self._arrivals if when > now - lag)
+        return self._keep
+
+    def _due_limit(self, now: float, done: int, polled: bool = False) -> int:
+        """Held output before this index has trailed its read by the lag (or by lag_bytes_max).
 
         A read is forgotten only once released whole (up to ``done``, where the frame hold ends): the
-        reads of a frame still arriving keep their times, so when its completion teaches a longer lag,
-        they leave at their own pace, not in a burst.
+        reads of a frame still arriving keep their places, so when its completion teaches a longer
+        lag, they leave at their own pace, not in a burst.
         """
         arrivals = self._arrivals
-        cut, floor = now - self._lag, self._out_next - self._lag_packets
-        while arrivals and (arrivals[0][1] <= cut or arrivals[0][0] <= floor):
+        keep, floor = self._keep_reads(now, polled), self._out_next - self._lag_packets
+        while arrivals and (len(arrivals) > keep or arrivals[0][0] <= floor):
             end = arrivals[0][0]
             if end > done:
                 return end
@@ -991,46 +1019,50 @@ class Splicer:
 
     def _due_after(self, now: float) -> int:
         """How far the held output is due, past a frame still held (what send-ahead may look at)."""
-        cut, floor = now - self._lag, self._out_next - self._lag_packets
+        arrivals = self._arrivals
+        keep, floor = self._keep_reads(now, False), self._out_next - self._lag_packets
         upto = self._due
-        for end, when in self._arrivals:
-            if when > cut and end > floor:
+        for k, (end, _) in enumerate(arrivals):
+            if len(arrivals) - k <= keep and end > floor:
                 return upto
             upto = end
         return self._out_next
 
-    def _learn_lag(self, hold: float, now: float) -> None:
-        """A frame was held ``hold`` seconds before it was complete: trail the upstream by that much.
+    def _learn_lag(self, reads: int, now: float) -> None:
+        """A frame was held for ``reads`` reads before it was complete: keep that many reads back.
 
         Held frames then leave at the pace they arrived instead of in a burst after a gap (a 62 kB
         keyframe at 8 Mbit/s takes ~60 ms to arrive; a frame hold without lag leaves the client
-        without bytes for that long).
+        without bytes for that long). Counted in reads, with one to spare: each step up is one read
+        with nothing to let out, so it grows only when a frame outgrows the spare.
         """
         spans = self._spans
-        while spans and spans[-1][1] <= hold:
+        while spans and spans[-1][1] <= reads:
             spans.pop()
-        spans.append((now, hold))
+        spans.append((now, reads))
         while spans[0][0] < now - self.lag_window_s:
             spans.popleft()
-        self._lag = min(spans[0][1], self.hold_max_s)
+        top = spans[0][1]
+        if top > self._keep or top + 1 < self._keep:
+            self._keep = top + 1 if top else 0
 
-    def _release(self, out: list[bytes | memoryview], now: float, lapse: bool = True) -> None:
+    def _release(self, out: list[bytes | memoryview], now: float, polled: bool = False) -> None:
         """Emit held output up to the earliest start of a PES not known to be complete, once due.
 
-        ``lapse``: a hold older than hold_max_s ends (only while packets flow: when nothing arrives,
-        the upstream may have died mid-frame, and the switch drops that frame).
+        A hold older than hold_max_s ends, but only while packets flow (not ``polled``): when nothing
+        arrives, the upstream may have died mid-frame, and the switch drops that frame.
         """
         limit = self._out_next
         since = now
         for route in self._src.routes.values():
             o = route.out
             if o.pes_start is not None and route.entered:
-                if lapse and now - o.pes_start_time > self.hold_max_s:
+                if not polled and now - o.pes_start_time > self.hold_max_s:
                     o.pes_start = None  # a stuck PID must not stall the program
                 elif o.pes_start < limit:
                     limit, since = o.pes_start, o.pes_start_time
         frames_done = limit
-        due = self._due_limit(now, frames_done)
+        due = self._due_limit(now, frames_done, polled)
         limit = min(limit, due)
         held = self._held
         while held and held[0][0] < limit:
@@ -1059,7 +1091,7 @@ class Splicer:
             held
             and self.early_after_s is not None
             and frames_done < due
-            and now - since >= self._lag + self.early_after_s
+            and now - since >= self.lag_s + self.early_after_s
         ):
             self._send_ahead(out, self._due_after(now))
 
@@ -1627,10 +1659,12 @@ class Splicer:
             o.cur_pts, o.cur_dts = pts, d
         if route.kind not in ("video", "audio") or not self.frame_hold:
             return
-        if route.kind == "video" and o.pes_start is not None:
-            self._learn_lag(now - o.pes_start_time, now)  # the frame before this one is complete
+        if route.kind == "video" and o.pes_start is not None:  # the frame before this one is complete
+            held = now - o.pes_start_time >= LAG_MIN_HOLD_S  # a burst of reads: no one waited
+            self._learn_lag(self._reads - o.pes_start_read if held else 0, now)
         o.pes_start = out_index
         o.pes_start_time = now
+        o.pes_start_read = self._reads
         o.pes_cc = cc
         o.pes_remaining = -1
         o.pes_chunk = self._chunks
