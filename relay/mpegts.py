@@ -77,6 +77,7 @@ Theory of operation (Splicer)
 from __future__ import annotations
 
 import functools
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ PAT_PID = 0x0000
 NULL_PID = 0x1FFF
 PTS_MODULUS = 1 << 33  # PTS/DTS and the PCR base are 33-bit counters of a 90 kHz clock
 LAG_MIN_HOLD_S = 0.005  # a frame held for less than this leaves no gap worth a lag
+# until a keyframe's hold was learned (an entry mid-GOP, after keyframe_wait_s), the lag is at least
+# this: learned from small frames alone, the first keyframe would outgrow it and leave a gap
+LAG_PRIOR_S = 0.1
 NO_VIDEO = "NoVideo"
 
 NULL_PACKET = bytes([SYNC_BYTE, 0x1F, 0xFF, 0x10]) + b"\xff" * 184  # AFC=01 payload only, as 13818-1 wants
@@ -580,6 +584,7 @@ class _OutStream:
     pes_start: int | None = None  # output index of the current PES while it is held
     pes_start_time: float = 0.0
     pes_start_read: int = 0  # the Splicer's read count when it began
+    pes_key: bool = False  # it starts at a random-access point (looked at until a keyframe was learned)
     pes_cc: int = 0  # continuity_counter of that PES's first packet
     pes_remaining: int = -1  # bytes still due of a bounded audio PES; -1: unbounded
     pes_chunk: int = -1  # which chunk its first packet was in, and where (packet index)
@@ -641,6 +646,7 @@ class _Upstream:
     psi_last: dict[int, tuple[bytes, int]] = field(default_factory=dict)  # PID -> (_psi_key, cc)
     psi_native: set[int] = field(default_factory=set)  # its PSI equals ours: passes untouched
     codec_change: bool = False  # its video/audio codec differs from the output's: kept out (transcoder)
+    keyframe_held: bool = False  # a keyframe's hold has been learned: the lag has seen the largest frames
 
 
 _KEEP = 1
@@ -1042,9 +1048,11 @@ class Splicer:
         spans.append((now, reads))
         while spans[0][0] < now - self.lag_window_s:
             spans.popleft()
-        top = spans[0][1]
-        if top > self._keep or top + 1 < self._keep:
-            self._keep = top + 1 if top else 0
+        want = spans[0][1] + 1 if spans[0][1] else 0
+        if not self._src.keyframe_held and self._step > 0:
+            want = max(want, math.ceil(LAG_PRIOR_S / self._step))
+        if want > self._keep or want + 1 < self._keep:
+            self._keep = want
 
     def _release(self, out: list[bytes | memoryview], now: float, polled: bool = False) -> None:
         """Emit held output up to the earliest start of a PES not known to be complete, once due.
@@ -1659,9 +1667,13 @@ class Splicer:
             o.cur_pts, o.cur_dts = pts, d
         if route.kind not in ("video", "audio") or not self.frame_hold:
             return
-        if route.kind == "video" and o.pes_start is not None:  # the frame before this one is complete
-            held = now - o.pes_start_time >= LAG_MIN_HOLD_S  # a burst of reads: no one waited
-            self._learn_lag(self._reads - o.pes_start_read if held else 0, now)
+        src = self._src
+        if route.kind == "video":
+            if o.pes_start is not None:  # the frame before this one is complete
+                held = now - o.pes_start_time >= LAG_MIN_HOLD_S  # a burst of reads: no one waited
+                src.keyframe_held = src.keyframe_held or o.pes_key
+                self._learn_lag(self._reads - o.pes_start_read if held else 0, now)
+            o.pes_key = not src.keyframe_held and is_random_access(buf, off, route.stream_type, p)
         o.pes_start = out_index
         o.pes_start_time = now
         o.pes_start_read = self._reads

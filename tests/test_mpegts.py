@@ -538,6 +538,20 @@ def test_held_frames_leave_at_the_pace_they_arrived_without_a_gap_for_a_large_ke
     assert len(out) >= len(fed) - up.video_packets - 2, "all but the last, unfinished frame went out"
 
 
+def test_entered_mid_gop_the_lag_expects_a_keyframe_so_the_first_one_leaves_no_gap() -> None:
+    """Given an upstream entered without a keyframe (keyframe_wait_s ran out), its small frames alone
+    would teach a short lag and the first keyframe would outgrow it: until a keyframe's hold is
+    learned, the lag is at least LAG_PRIOR_S; then it is what that keyframe needed."""
+    up = Upstream(key_packets=60, gop=30)
+    fed = up.stream(45, start=1)  # the keyframe is frame 30
+    splicer = Splicer(keyframe_wait_s=0.002, early_after_s=None)
+    out, times = paced(splicer, fed, 0.0)
+    gaps = [round((b - a) * 1000, 3) for a, b in itertools.pairwise(times[1:])]
+    assert max(gaps) <= 2.0, f"no gap at the first keyframe, got {max(gaps)} ms"
+    assert 0.029 <= splicer.lag_s <= 0.033, "learned from the keyframe, the prior is gone"
+    assert cc_errors(out) == []
+
+
 def test_a_lagging_output_still_drops_the_frame_a_dying_upstream_cut() -> None:
     """Given the output trails the upstream, When the upstream dies in the middle of a keyframe, Then
     what had arrived complete goes out at the switch and the cut keyframe never does."""
