@@ -1039,8 +1039,8 @@ class Splicer:
 
         Held frames then leave at the pace they arrived instead of in a burst after a gap (a 62 kB
         keyframe at 8 Mbit/s takes ~60 ms to arrive; a frame hold without lag leaves the client
-        without bytes for that long). Counted in reads, with one to spare: each step up is one read
-        with nothing to let out, so it grows only when a frame outgrows the spare.
+        without bytes for that long). Counted in reads, with one to spare: each step up is itself
+        one read with nothing to let out, so it steps up only for a frame the count did not cover.
         """
         spans = self._spans
         while spans and spans[-1][1] <= reads:
@@ -1048,11 +1048,11 @@ class Splicer:
         spans.append((now, reads))
         while spans[0][0] < now - self.lag_window_s:
             spans.popleft()
-        want = spans[0][1] + 1 if spans[0][1] else 0
+        need = spans[0][1]  # a frame held for this many reads leaves no gap when keep >= need
         if not self._src.keyframe_held and self._step > 0:
-            want = max(want, math.ceil(LAG_PRIOR_S / self._step))
-        if want > self._keep or want + 1 < self._keep:
-            self._keep = want
+            need = max(need, math.ceil(LAG_PRIOR_S / self._step) - 1)
+        if need > self._keep or need + 2 < self._keep:
+            self._keep = need + 1 if need else 0
 
     def _release(self, out: list[bytes | memoryview], now: float, polled: bool = False) -> None:
         """Emit held output up to the earliest start of a PES not known to be complete, once due.
