@@ -58,7 +58,7 @@ class FailoverConfig(_Model):
     hold_s: float = Field(0.0, ge=0)  # all failed mid-stream: hold the response open this long, retrying
     splice: bool = True  # rewrite the TS at a switch so the client's demuxer sees one program
     # hold each frame until it is complete, so a dying upstream's cut frame never reaches a decoder;
-    # costs one frame of latency and, at the stream's pace, a gap while a large keyframe arrives
+    # the output then trails the upstream by the longest hold (a large keyframe's arrival), no gap
     frame_hold: bool = True
     # a backup in other codecs than the client started with (H.264/AAC -> MPEG-2/MP2): re-encode it to
     # those codecs with ffmpeg while it is current; false (or no ffmpeg): it gets PIDs of its own

@@ -7,15 +7,18 @@ counts are printed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import subprocess
+import time
 from pathlib import Path
 
 from tests import fake_provider as fp
 from tests.fake_provider import FakeProvider
 from tests.ffmpeg_client import FfmpegDecoder
-from tests.harness import config_for, open_stream, read_events, running_relay, until
+from tests.harness import TS, config_for, open_stream, read_events, running_relay, until
 from tests.media import make_ts, require_ffmpeg
+from tests.test_mpegts import Upstream, pid_of
 
 SWITCHES = 4
 EVERY_S = 2.5
@@ -162,3 +165,29 @@ async def test_given_hold_s_when_every_stream_fails_then_response_stays_open_fed
         fo = next(e for e in read_events(tmp_path) if e["event"] == "failover")
         assert fo["to_stream"] == "b/2" and fo["held_retries"] >= 1
         await c.close()
+
+
+async def test_given_keyframes_that_take_long_to_arrive_then_the_frame_hold_leaves_the_client_no_gap(
+    tmp_path: Path,
+):
+    """Issue 6's stall target with issue 4's frame hold on: a provider sends a 60-packet keyframe every
+    second at the stream's pace, so each takes ~0.3 s to arrive and is held whole. The output trails the
+    upstream by that hold, so the client keeps getting bytes at the provider's pace all along, and every
+    video frame it gets is whole."""
+    media = tmp_path / "big-keyframes.ts"
+    media.write_bytes(b"".join(Upstream(key_packets=60, gop=25).stream(100)))  # 4 s at 25 frames/s
+    async with FakeProvider(media, duration=4.0) as provider:
+        cfg = config_for(tmp_path, provider, {"ch": [("a", 1)]})
+        async with running_relay(cfg, tmp_path) as relay:
+            c = await open_stream(relay.port, "/stream/ch")
+            await c.wait_bytes(TS)
+            started = time.monotonic()
+            await asyncio.sleep(3.5)  # three keyframes
+            gap = c.max_gap(after=started)
+            await c.close()
+    assert gap < 0.12, f"the client waited {gap * 1000:.0f} ms (a held keyframe takes ~320 ms to arrive)"
+    body = bytes(c.body[: len(c.body) // TS * TS])
+    packets = [body[i : i + TS] for i in range(0, len(body), TS)]
+    starts = [n for n, p in enumerate(packets) if pid_of(p) == 0x100 and p[1] & 0x40]
+    sizes = {sum(1 for p in packets[a:b] if pid_of(p) == 0x100) for a, b in itertools.pairwise(starts)}
+    assert sizes == {3, 60}, "every video PES the client got is whole (small frames and keyframes)"
