@@ -96,6 +96,7 @@ class Metrics:
                     "lingering": s.lingering,
                     "bitrate_kbps": round(s.bytes_out * 8 / up / 1000, 1),
                     "bytes": s.bytes_out,
+                    "lag_ms": round(s.splicer.lag_s * 1000, 1),  # the frame hold's delay behind the provider
                     "failovers": s.machine.failovers,
                     "last_failover": self.last_failover.get(s.channel),
                 }

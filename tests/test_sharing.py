@@ -222,6 +222,7 @@ async def test_metrics_parse_and_move_with_failovers_and_status_names_the_stream
         s = status["sessions"][0]
         assert (s["channel"], s["stream"], s["account"], s["clients"]) == ("ch", "b/2", "b", 1)
         assert s["last_failover"]["from_stream"] == "a/1" and s["bitrate_kbps"] > 0
+        assert 0 <= s["lag_ms"] < 1000
         await c.close()
 
 

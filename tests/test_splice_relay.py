@@ -13,10 +13,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import orjson
+
 from tests import fake_provider as fp
 from tests.fake_provider import FakeProvider
 from tests.ffmpeg_client import FfmpegDecoder
-from tests.harness import TS, config_for, open_stream, read_events, running_relay, until
+from tests.harness import TS, config_for, open_stream, read_events, request, running_relay, until
 from tests.media import make_ts, require_ffmpeg
 from tests.test_mpegts import Upstream, pid_of
 
@@ -184,7 +186,10 @@ async def test_given_keyframes_that_take_long_to_arrive_then_the_frame_hold_leav
             started = time.monotonic()
             await asyncio.sleep(3.5)  # three keyframes
             gap = c.max_gap(after=started)
+            raw = await request(relay.port, b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            lag_ms = orjson.loads(raw.partition(b"\r\n\r\n")[2])["sessions"][0]["lag_ms"]
             await c.close()
+    assert 250 < lag_ms < 600, "/status shows the lag: about one keyframe's arrival, plus a read"
     assert gap < 0.12, f"the client waited {gap * 1000:.0f} ms (a held keyframe takes ~320 ms to arrive)"
     body = bytes(c.body[: len(c.body) // TS * TS])
     packets = [body[i : i + TS] for i in range(0, len(body), TS)]
