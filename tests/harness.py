@@ -75,6 +75,14 @@ async def running_relay(cfg: dict[str, Any], tmp: Path) -> AsyncIterator[Relay]:
         await relay.stop()
 
 
+def recorder(relay: Relay) -> list[dict[str, Any]]:
+    """Every event the relay emits from now on, as it is emitted."""
+    events: list[dict[str, Any]] = []
+    assert relay.events is not None
+    relay.events.listeners.append(events.append)
+    return events
+
+
 def read_events(tmp: Path) -> list[dict[str, Any]]:
     path = tmp / "events.jsonl"
     if not path.exists():

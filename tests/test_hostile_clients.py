@@ -9,7 +9,6 @@ import asyncio
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,20 +16,13 @@ from relay.config import ServerConfig
 from relay.server import CLOSE_GRACE_S
 from tests import fake_provider as fp
 from tests.fake_provider import FakeProvider
-from tests.harness import config_for, open_stream, request, running_relay, until, whole_packets
+from tests.harness import config_for, open_stream, recorder, request, running_relay, until, whole_packets
 
 CH = {"ch1": [("a", 1), ("b", 2), ("c", 3)]}
 
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def recorder(relay: Any) -> list[dict[str, Any]]:
-    """Every event the relay emits from now on, as it is emitted."""
-    events: list[dict[str, Any]] = []
-    relay.events.listeners.append(events.append)
-    return events
 
 
 async def silent_reader(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

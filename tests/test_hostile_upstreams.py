@@ -19,7 +19,7 @@ import pytest
 
 from tests import fake_provider as fp
 from tests.fake_provider import FakeProvider, RawProvider, TlsFakeProvider
-from tests.harness import config_for, open_stream, running_relay, until, whole_packets
+from tests.harness import config_for, open_stream, recorder, running_relay, until, whole_packets
 
 HTML = b"<html><head><title>Error</title></head><body><h1>Line expired</h1></body></html>\n"
 
@@ -111,13 +111,11 @@ def fast_failover(cfg: dict[str, Any], tmp: Path) -> dict[str, Any]:
 async def test_given_hostile_upstream_then_classified_failure_and_failover_to_healthy_backup(
     provider: FakeProvider, ts_file: Path, tmp_path: Path, case: Case
 ):
-    events: list[dict[str, Any]] = []
     async with asyncio.timeout(20), case.opener(provider, ts_file, tmp_path) as (url, hostile_live):
         chans = {"solo": [("a", 1)], "ch": [("b", 1), ("c", 2)]}
         cfg = fast_failover(config_for(tmp_path, provider, chans, urls={"a": url, "b": url}), tmp_path)
         async with running_relay(cfg, tmp_path) as relay:
-            assert relay.events is not None
-            relay.events.listeners.append(events.append)
+            events = recorder(relay)
 
             # Given the hostile upstream is a channel's only stream, then a clean 503 and no hang
             solo = await open_stream(relay.port, "/stream/solo")
@@ -163,9 +161,7 @@ async def test_given_chunked_primary_when_framing_breaks_midstream_then_stream_e
         cfg = fast_failover(config_for(tmp_path, provider, chans, urls={"b": hostile.url}), tmp_path)
         cfg["failover"]["upgrade_after_s"] = 60
         async with running_relay(cfg, tmp_path) as relay:
-            events: list[dict[str, Any]] = []
-            assert relay.events is not None
-            relay.events.listeners.append(events.append)
+            events = recorder(relay)
             c = await open_stream(relay.port, "/stream/ch")
             assert c.status == 200
             await until(lambda: any(e["event"] == "failover" for e in events), what="failover")
@@ -193,9 +189,7 @@ async def test_given_https_provider_with_own_certificate_when_trusted_then_strea
             else:
                 acc["tls_verify"] = False
         async with running_relay(cfg, tmp_path) as relay:
-            events: list[dict[str, Any]] = []
-            assert relay.events is not None
-            relay.events.listeners.append(events.append)
+            events = recorder(relay)
             c = await open_stream(relay.port, "/stream/ch")
             assert c.status == 200
             await c.wait_bytes(20_000)
