@@ -21,7 +21,8 @@ output program the client sees:
     ``switch(now)``: the next packets fed come from a new upstream (failover or upgrade). The current
     unfinished PES of each stream is dropped; the rest goes out with the next ``feed``/``bridge``.
     ``entered: bool``: the current upstream's clean entry is done (PAT+PMT then a keyframe went out);
-    the session measures its switch time until this. ``last_entry_wait_s``: how long that took.
+    ``last_entry_wait_s``: how long that took. ``entry_sent``: that entry (its keyframe, whole) went out,
+    which is when the session's switch time ends.
     ``bridge(now) -> bytes``: null packets (plus PAT/PMT every ``bridge_psi_interval_s``) to keep a
     client's demuxer fed during a gap; b"" until the session's first real output.
     ``health(now) -> str | None``: ``"NoVideo"`` when the program had video and the current upstream's
@@ -647,6 +648,7 @@ class _Upstream:
     psi_native: set[int] = field(default_factory=set)  # its PSI equals ours: passes untouched
     codec_change: bool = False  # its video/audio codec differs from the output's: kept out (transcoder)
     keyframe_held: bool = False  # a keyframe's hold has been learned: the lag has seen the largest frames
+    entry_index: int | None = None  # output index of the keyframe it entered with
 
 
 _KEEP = 1
@@ -758,6 +760,7 @@ class Splicer:
         self._spans: deque[tuple[float, int]] = deque()  # (when, reads a frame was held) a sliding max
         self._arrivals: deque[tuple[int, float]] = deque()  # (held output index after a read, its time)
         self._due = 0  # held output before this index has waited out the lag
+        self._released = 0  # output before this index went out
         self._step = 0.0  # average time between reads
         self._keep = 0  # the lag in reads
         self._last_feed: float | None = None
@@ -801,6 +804,12 @@ class Splicer:
     def entered(self) -> bool:
         """The current upstream's clean entry is done: from here on its packets go out."""
         return self._src.entered or not self.enabled
+
+    @property
+    def entry_sent(self) -> bool:
+        """The current upstream's entry (PAT/PMT, then its keyframe) went out: the client has it."""
+        entry = self._src.entry_index
+        return not self.enabled or (entry is not None and self._released > entry)
 
     @property
     def codec_change(self) -> bool:
@@ -1092,6 +1101,7 @@ class Splicer:
                 held[0] = (limit, seg[k * _PKT :])
                 break
         self._settle_to(limit)
+        self._released = max(self._released, limit)
         if not held or limit >= self._early_next:
             self._early_next = limit  # a new hold (or none): nothing behind it was looked at
             self._early_stuck.clear()
@@ -1564,6 +1574,8 @@ class Splicer:
                     return 0
             elif not pusi or not self._enter(src, route, buf, off, now, insert):
                 return 0
+            if src.entry_index is None and src.entered:
+                src.entry_index = out_index + len(insert)  # the keyframe, after our PAT/PMT
             if o.next_cc is None:  # a PID the client has not seen yet: keep the upstream's counter
                 route.cc_delta = 0
             else:  # a packet without payload repeats the previous counter

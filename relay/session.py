@@ -305,8 +305,9 @@ class ChannelSession:
             self._arm()
 
     def _log(self, a: Log) -> None:
-        """Emit an event; a switch's event waits for the splice's clean entry, so switch_ms includes it."""
-        if a.event in ("failover", "upgrade") and not self.splicer.entered:
+        """Emit an event; a switch's event waits until the backup's entry (its keyframe, whole) went
+        out to the clients, so switch_ms is what a viewer waited."""
+        if a.event in ("failover", "upgrade") and not self.splicer.entry_sent:
             self._flush_held_log()
             self._held_log = (a, self.shared.clock())
             return
@@ -350,7 +351,7 @@ class ChannelSession:
         cur = self.current
         if self.splicer.codec_change and cur is not None and cur.id not in self._transcoders:
             self._start_transcoder(cur.id, views, now)
-        if self._held_log is not None and self.splicer.entered:
+        if self._held_log is not None and self.splicer.entry_sent:
             self._flush_held_log(now)
         if out:
             self._last_out = now
@@ -439,6 +440,8 @@ class ChannelSession:
         if self.outputs and self.splicer.lag_s and (due := self.splicer.poll(now)):
             self._last_out = now  # the upstream went quiet: what trailed it by the lag goes now
             self._write(due)
+            if self._held_log is not None and self.splicer.entry_sent:
+                self._flush_held_log(now)
         if now - self._last_out >= KEEPALIVE_S and self.outputs and not self.flow.paused:
             bridge = self.splicer.bridge(now)
             if bridge:

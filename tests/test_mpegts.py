@@ -590,6 +590,24 @@ def test_after_a_switch_the_lag_starts_again_so_the_switch_is_not_slowed_by_it()
     assert splicer.lag_s < 0.01
 
 
+def test_entry_sent_only_once_the_entry_keyframe_itself_went_out() -> None:
+    """The session's switch time ends at entry_sent: not when the keyframe starts arriving (entered),
+    but when it went out whole, with our PAT/PMT before it."""
+    splicer = Splicer(early_after_s=None)
+    paced(splicer, Upstream().stream(8), 0.0)
+    splicer.switch(1.0)
+    fed = B_upstream(key_packets=60).stream(5)
+    key = next(n for n, p in enumerate(fed) if pid_of(p) == 0x1E1 and p[1] & 0x40)
+    out, _ = paced(splicer, fed[: key + 30], 1.0)
+    assert splicer.entered and not splicer.entry_sent, "the keyframe is still arriving: held"
+    assert not any(pid_of(p) == 0x100 and p[1] & 0x40 and p[5] & 0x40 for p in out), "no keyframe yet"
+    more, _ = paced(splicer, fed[key + 30 :], 1.1)
+    assert splicer.entry_sent
+    both = out + more
+    k = next(n for n, p in enumerate(both) if pid_of(p) == 0x100 and p[1] & 0x40 and p[5] & 0x40)
+    assert k >= len(out) and [pid_of(p) for p in both[k - 2 : k]] == [0, 0x1000], "our PAT/PMT before it"
+
+
 def test_the_lag_never_holds_more_than_lag_bytes_max() -> None:
     """Given tiny reads (a packet each), the lag counted in reads is long: it is bounded in bytes."""
     fed = Upstream(key_packets=60, gop=5).stream(30)
