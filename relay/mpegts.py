@@ -1032,10 +1032,10 @@ class Splicer:
             arrivals.popleft()
         return self._due if arrivals else self._out_next
 
-    def _due_after(self, now: float) -> int:
+    def _due_after(self) -> int:
         """How far the held output is due, past a frame still held (what send-ahead may look at)."""
         arrivals = self._arrivals
-        keep, floor = self._keep_reads(now, False), self._out_next - self._lag_packets
+        keep, floor = self._keep, self._out_next - self._lag_packets
         upto = self._due
         for k, (end, _) in enumerate(arrivals):
             if len(arrivals) - k <= keep and end > floor:
@@ -1111,7 +1111,7 @@ class Splicer:
             and frames_done < due
             and now - since >= self.lag_s + self.early_after_s
         ):
-            self._send_ahead(out, self._due_after(now))
+            self._send_ahead(out, self._due_after())
 
     def _emit(self, out: list[bytes | memoryview], idx: int, seg: memoryview) -> None:
         """Out goes a held segment, but for the packets already sent ahead of it."""
@@ -1199,7 +1199,7 @@ class Splicer:
                 self._ready.append(seg)
             else:
                 self._ready += _runs_without(seg, idx, gone)
-        self._settle_to(self._out_next + 1)
+        self._settle_to(self._out_next)
         self._held.clear()
         self._arrivals.clear()
         moved.clear()

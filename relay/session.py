@@ -351,11 +351,15 @@ class ChannelSession:
         cur = self.current
         if self.splicer.codec_change and cur is not None and cur.id not in self._transcoders:
             self._start_transcoder(cur.id, views, now)
+        if out:
+            self._spliced_out(out, now)
+
+    def _spliced_out(self, out: list[bytes | memoryview], now: float) -> None:
+        """The splice let `out` go; a held switch event goes with the backup's entry."""
+        self._last_out = now
+        self._write(out)
         if self._held_log is not None and self.splicer.entry_sent:
             self._flush_held_log(now)
-        if out:
-            self._last_out = now
-            self._write(out)
 
     def _start_transcoder(self, attempt: int, views: list[memoryview], now: float) -> None:
         """The current upstream brings other codecs: from here on its bytes go through ffmpeg."""
@@ -438,10 +442,7 @@ class ChannelSession:
         now = self.shared.clock()
         self._keepalive = self.loop.call_later(KEEPALIVE_S, self._keepalive_tick)
         if self.outputs and self.splicer.lag_s and (due := self.splicer.poll(now)):
-            self._last_out = now  # the upstream went quiet: what trailed it by the lag goes now
-            self._write(due)
-            if self._held_log is not None and self.splicer.entry_sent:
-                self._flush_held_log(now)
+            self._spliced_out(due, now)  # the upstream went quiet: what trailed it by the lag goes now
         if now - self._last_out >= KEEPALIVE_S and self.outputs and not self.flow.paused:
             bridge = self.splicer.bridge(now)
             if bridge:
