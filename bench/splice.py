@@ -32,7 +32,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay.mpegts import PacketAligner, Splicer, read_pcr_base
+from relay.ts import PacketAligner, Splicer, read_pcr_base
 from tests.media import MEDIA_DIR, make_ts
 
 TS = 188

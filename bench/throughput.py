@@ -407,7 +407,7 @@ class Client(asyncio.BufferedProtocol):
         if not self.kept:
             return None
         data, segs = _dechunk(self.kept) if self.chunked else (self.kept, [(0, 0)])
-        from relay.mpegts import is_random_access
+        from relay.ts import is_random_access
 
         hi, lo = 0x40 | (VIDEO_PID >> 8), VIDEO_PID & 0xFF
         start = next((i for i in range(min(TS, len(data))) if data[i : i + 5 * TS : TS] == b"\x47" * 5), None)

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from relay.app import Relay
 from relay.config import parse
+from relay.shell.app import Relay
 from tests.fake_provider import FakeProvider
 
 TS = 188

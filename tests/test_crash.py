@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import yaml
 
-from relay.events import EventLog
+from relay.storage.eventlog import EventLog
 from tests import fake_provider as fp
 from tests.fake_provider import FakeProvider
 from tests.harness import StreamClient, config_for, open_stream, serve_process, until

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from relay import discovery, hdhomerun
 from relay.config import Config, parse
-from relay.discovery import (
+from relay.tuner import discovery, hdhomerun
+from relay.tuner.discovery import (
     DEVICE_ID_WILDCARD,
     DEVICE_TYPE_TUNER,
     DEVICE_TYPE_WILDCARD,
@@ -286,7 +286,7 @@ async def test_start_discovery_carries_on_when_the_port_is_taken(
     port = holder.getsockname()[1]
     cfg: Config = parse({"server": {"host": "127.0.0.1"}}, base_dir=tmp_path)
     try:
-        with caplog.at_level(logging.INFO, logger="relay.discovery"):
+        with caplog.at_level(logging.INFO, logger="relay.tuner.discovery"):
             opened = await discovery.start_discovery(
                 cfg, discovery.device_info(cfg, 5004), discover_port=port, control=False
             )

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from relay.app import Relay
 from relay.config import parse
+from relay.shell.app import Relay
 from tests import fake_provider as fp
 from tests.fake_provider import FakeProvider
 from tests.harness import config_for, open_stream, request, serve_process, until

@@ -27,8 +27,8 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay import http11
-from relay.server import HttpProtocol, Request
+from relay.core import http11
+from relay.shell.server import HttpProtocol, Request
 from tests.fake_provider import FakeProvider
 from tests.harness import StreamClient, config_for, open_stream, running_relay
 

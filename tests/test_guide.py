@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from relay.config import Config, parse
-from relay.guide import GuideBuildError, GuideCache, normalise_time, redact_url
+from relay.sources.guide import GuideBuildError, GuideCache, normalise_time, redact_url
 
 SMALL_XMLTV = """<?xml version="1.0" encoding="ISO-8859-1"?>
 <!DOCTYPE tv SYSTEM "xmltv.dtd">
@@ -214,7 +214,7 @@ async def test_given_a_failing_source_then_the_old_guide_stays_and_no_password_i
         tmp_path, accounts=[account("a", provider_url, secret), account("b", "http://127.0.0.1:9", secret)]
     )
     bad = GuideCache(cfg, cache_dir=tmp_path / "c")
-    with caplog.at_level(logging.DEBUG, logger="relay.guide"):
+    with caplog.at_level(logging.DEBUG, logger="relay.sources.guide"):
         assert not await bad.refresh()
     assert (tmp_path / "c" / "xmltv.xml").read_bytes() == before
     assert bad.last_error and "401" in bad.last_error
@@ -282,7 +282,7 @@ _MEASURE = """
 import json, sys
 from pathlib import Path
 from relay.config import load
-from relay import guide
+from relay.sources import guide
 
 def status_kb(key):
     with open("/proc/self/status") as f:
@@ -347,7 +347,7 @@ async def test_given_a_50_mb_guide_then_serving_it_keeps_memory_flat_and_other_r
     to a slow reader holds far less than the file in memory and delays no other request."""
     import tracemalloc
 
-    from relay.app import Relay
+    from relay.shell.app import Relay
     from tests.harness import request
 
     src = tmp_path / "big.xml"
@@ -418,7 +418,7 @@ def test_given_an_https_account_with_its_own_ca_then_its_xmltv_is_fetched_with_t
     import ssl
     import threading
 
-    from relay.guide import build_guide, guide_sources
+    from relay.sources.guide import build_guide, guide_sources
     from tests.fake_provider import self_signed_cert
 
     cert, key = self_signed_cert(tmp_path)
@@ -463,7 +463,7 @@ def test_a_guide_build_child_whose_parent_is_gone_ends_quietly(tmp_path: Path) -
     """Given the relay died mid-build (its pipe end closed), Then the child ends without a traceback."""
     import multiprocessing
 
-    from relay.guide import _build_in_child
+    from relay.sources.guide import _build_in_child
 
     reader, writer = multiprocessing.Pipe(duplex=False)
     reader.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from relay.config import ServerConfig
-from relay.server import CLOSE_GRACE_S
+from relay.shell.server import CLOSE_GRACE_S
 from tests import fake_provider as fp
 from tests.fake_provider import FakeProvider
 from tests.harness import config_for, open_stream, recorder, request, running_relay, until, whole_packets

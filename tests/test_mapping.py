@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from relay.config import Config, parse
-from relay.mapping import GuideChannel, assign_numbers, auto_map, name_key, quality_of, select_channels
-from relay.store import MappingError, Store, StreamRow
-from relay.sync import channel_list, remap
+from relay.core.mapping import GuideChannel, assign_numbers, auto_map, name_key, quality_of, select_channels
+from relay.sources.sync import channel_list, remap
+from relay.storage.store import MappingError, Store, StreamRow
 
 
 @pytest.mark.parametrize(
@@ -231,7 +231,7 @@ def test_given_manual_map_and_unmap_then_syncs_keep_them_and_config_wins(tmp_pat
 def test_given_a_database_from_before_the_sync_then_it_is_upgraded_in_place(tmp_path: Path) -> None:
     import sqlite3
 
-    from relay import store as store_mod
+    from relay.storage import store as store_mod
 
     old = sqlite3.connect(tmp_path / "relay.db")
     old.executescript(store_mod.SCHEMA)  # the tables as the first release created them

@@ -1,4 +1,4 @@
-"""relay.mpegts: packet alignment and the seamless splice (issue 4), with hand-built packets and real media.
+"""relay.ts: packet alignment and the seamless splice (issue 4), with hand-built packets and real media.
 
 The builders below make small but genuine programs (PAT, PMT, video PES with PCR, bounded audio PES), so
 each acceptance criterion of the splice is a few lines: Given an upstream, When the session switches,
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.mpegts import (
+from relay.ts import (
     NULL_PID,
     PTS_MODULUS,
     ElementaryStream,

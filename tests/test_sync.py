@@ -15,13 +15,13 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.app import Relay
 from relay.config import Config, parse
-from relay.events import EventLog
-from relay.m3u import parse_m3u
-from relay.store import Store
-from relay.sync import channel_list, import_guide, run_sync, sync_once
-from relay.xtream import parse_user_info
+from relay.shell.app import Relay
+from relay.sources.m3u import parse_m3u
+from relay.sources.sync import channel_list, import_guide, run_sync, sync_once
+from relay.sources.xtream import parse_user_info
+from relay.storage.eventlog import EventLog
+from relay.storage.store import Store
 from tests.fake_xtream import PASSWORD, Account, FakeXtream, Stream
 from tests.harness import read_events, request, until
 

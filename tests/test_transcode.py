@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from relay.mpegts import Splicer
-from relay.transcode import Transcoder, describe, ffmpeg_args
+from relay.shell.transcode import Transcoder, describe, ffmpeg_args
+from relay.ts import Splicer
 from tests.media import make_ts, require_ffmpeg
 from tests.test_mpegts import B_upstream, Upstream, pid_of, run
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from relay.hdhomerun import is_valid_device_id
+from relay.tuner.hdhomerun import is_valid_device_id
 from tests import fake_provider as fp
 from tests.fake_provider import FakeProvider
 from tests.harness import config_for, open_stream, request, running_relay

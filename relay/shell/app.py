@@ -17,19 +17,20 @@ from typing import Any
 
 import orjson
 
-from relay import hdhomerun, http11
 from relay.config import ChannelConfig, Config, ConfigError
-from relay.discovery import device_info, start_discovery
-from relay.events import EventLog
-from relay.failover import HealthMemory, Slots, State
-from relay.guide import GuideCache
-from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from relay.metrics import Metrics
-from relay.notify import Notifier
-from relay.server import HttpProtocol, Request
-from relay.session import ChannelSession, Shared
-from relay.store import Store
-from relay.sync import SyncReport, account_limits, channel_list, start_sync, stop_sync
+from relay.core import http11
+from relay.core.failover import HealthMemory, Slots, State
+from relay.shell.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from relay.shell.metrics import Metrics
+from relay.shell.server import HttpProtocol, Request
+from relay.shell.session import ChannelSession, Shared
+from relay.sources.guide import GuideCache
+from relay.sources.sync import SyncReport, account_limits, channel_list, start_sync, stop_sync
+from relay.storage.eventlog import EventLog
+from relay.storage.notify import Notifier
+from relay.storage.store import Store
+from relay.tuner import hdhomerun
+from relay.tuner.discovery import device_info, start_discovery
 
 log = logging.getLogger("relay")
 
@@ -56,7 +57,7 @@ class Relay:
         self._by_number = {c.number: c.id for c in self.channels}
         self.discovery: list[Any] = []
         self._reconciler: asyncio.TimerHandle | None = None
-        self.sync_task: asyncio.Task[None] | None = None  # relay.sync: accounts and guide channels
+        self.sync_task: asyncio.Task[None] | None = None  # relay.sources.sync: accounts and guide channels
         self.metrics = Metrics(lambda: self.sessions, lambda: self.shared.slots if self.shared else None)
         self.notifier = Notifier([n.url for n in cfg.notify])
         self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h, channels=lambda: self.channels)

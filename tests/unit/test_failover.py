@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from relay.config import FailoverConfig
-from relay.failover import (
+from relay.core.failover import (
     Action,
     Candidate,
     Close,

@@ -1,4 +1,5 @@
-"""Command line: `relay serve [--config PATH]`, `relay demo`, and the operator's commands in relay.commands.
+"""Command line: `relay serve [--config PATH]`, `relay demo`; the operator's commands are in
+relay.cli.commands.
 
 A user mistake (bad config, port in use) prints one line and exits 2; no traceback.
 """
@@ -12,8 +13,8 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from relay import commands
 from relay import config as config_mod
+from relay.cli import commands
 from relay.config import ConfigError
 
 
@@ -52,7 +53,7 @@ def _serve_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> int
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from relay.app import run
+    from relay.shell.app import run
 
     path = config_mod.resolve_path(args.config)
     try:
@@ -64,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from relay.demo import run_demo
+    from relay.cli.demo import run_demo
 
     return _serve_until_signal(lambda stop: run_demo(stop, port=args.port, fault_every_s=args.fault_every))
 

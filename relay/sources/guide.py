@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from relay.config import DEFAULT_USER_AGENT, ChannelConfig, Config
-from relay.hdhomerun import guide_id, sorted_channels, xml_attr, xml_text
-from relay.upstream import tls_context
+from relay.shell.upstream import tls_context
+from relay.tuner.hdhomerun import guide_id, sorted_channels, xml_attr, xml_text
 
 DEFAULT_REFRESH_H = 6.0
 RETRY_AFTER_FAILURE_S = 900.0  # a failed refresh is retried sooner than the next regular one
@@ -444,7 +444,7 @@ class GuideCache:
         folder = cache_dir if cache_dir is not None else cfg.path(cfg.storage.database).parent
         self.xml_path = folder / "xmltv.xml"
         self.gz_path = folder / "xmltv.xml.gz"
-        self._log = log or logging.getLogger("relay.guide")
+        self._log = log or logging.getLogger("relay.sources.guide")
         self._opener = opener
         self._cancel = threading.Event()
         self._lock: asyncio.Lock | None = None

@@ -19,10 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from relay import http11, transcode
 from relay.config import Config
-from relay.events import EventLog
-from relay.failover import (
+from relay.core import http11
+from relay.core.failover import (
     Action,
     Candidate,
     Close,
@@ -35,9 +34,11 @@ from relay.failover import (
     Slots,
     Switch,
 )
-from relay.flow import FlowControl
-from relay.mpegts import Splicer
-from relay.upstream import UpstreamAttempt, tls_context
+from relay.core.flow import FlowControl
+from relay.shell import transcode
+from relay.shell.upstream import UpstreamAttempt, tls_context
+from relay.storage.eventlog import EventLog
+from relay.ts import Splicer
 
 PENDING_LIMIT = 1 << 20  # bytes a not-yet-chosen attempt may buffer before it is paused
 KEEPALIVE_S = 0.25  # how often a silent client is fed null packets, and content health is checked

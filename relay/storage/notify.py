@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-log = logging.getLogger("relay.notify")
+log = logging.getLogger("relay.storage.notify")
 
 QUEUE_MAX = 1000
 RETRIES = 3

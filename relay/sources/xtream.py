@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from relay.config import AccountConfig
-from relay.guide import Source, redact_url
+from relay.sources.guide import Source, redact_url
 
 API_TIMEOUT_S = 30.0  # a panel listing 50k streams answers in seconds; longer means it is down
 CHUNK = 64 << 10

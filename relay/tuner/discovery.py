@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from relay import hdhomerun
 from relay.config import Config
+from relay.tuner import hdhomerun
 
 # ---------------------------------------------------------------------------------------------
 # libhdhomerun packets (hdhomerun_pkt.h)
@@ -566,7 +566,7 @@ async def start_discovery(
     costs one log line, never an exception.
     """
     loop = loop or asyncio.get_running_loop()
-    log = log or logging.getLogger("relay.discovery")
+    log = log or logging.getLogger("relay.tuner.discovery")
     bind = _discovery_bind(cfg)
     opened: list[Closable] = []
     if cfg.discovery.udp:

@@ -22,9 +22,9 @@ from typing import Any
 import aiofiles
 import orjson
 
-from relay.store import Store
+from relay.storage.store import Store
 
-log = logging.getLogger("relay.events")
+log = logging.getLogger("relay.storage.eventlog")
 
 CATEGORIES = {
     "failover": "failover",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from relay.config import ConfigError, parse
 
-log = logging.getLogger("relay.demo")
+log = logging.getLogger("relay.cli.demo")
 
 CLIP_SECONDS = 30
 
@@ -165,7 +165,7 @@ DEMO_CHANNELS = [("demo.one", "Demo One", "1", "testsrc2"), ("demo.two", "Demo T
 
 
 async def run_demo(stop: asyncio.Event, *, port: int = 5004, fault_every_s: float = 20.0) -> None:
-    from relay.app import Relay
+    from relay.shell.app import Relay
 
     home = Path(tempfile.gettempdir()) / "relay-demo"
     media = home / "media"

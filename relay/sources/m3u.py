@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from relay.config import AccountConfig
-from relay.guide import GuideBuildError, Source, redact_url
-from relay.guide import _open_stream as open_source  # gunzips when needed, caps the size, honours cancel
-from relay.guide import _url_secrets as url_secrets
-from relay.xtream import LiveStream, ssl_context
+from relay.sources.guide import GuideBuildError, Source, redact_url
+from relay.sources.guide import (
+    _open_stream as open_source,  # gunzips when needed, caps the size, honours cancel
+)
+from relay.sources.guide import _url_secrets as url_secrets
+from relay.sources.xtream import LiveStream, ssl_context
 
 CHUNK = 1 << 16
 FETCH_TIMEOUT_S = 60.0

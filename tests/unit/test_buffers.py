@@ -7,8 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.buffers import ReadBuffer, unreferenced
-from relay.mpegts import PacketAligner, Splicer
+from relay.core.buffers import ReadBuffer, unreferenced
+from relay.ts import PacketAligner, Splicer
 from tests.test_mpegts import TS, B_upstream, Upstream, cc_errors, join, pid_of, split
 
 
@@ -173,7 +173,7 @@ def test_an_aborted_upstream_protocol_lets_go_of_its_read_buffers() -> None:
     """A closed protocol may wait in a reference cycle for a full GC: it must not hold megabytes meanwhile."""
     from types import SimpleNamespace
 
-    from relay.upstream import _ResponseProtocol
+    from relay.shell.upstream import _ResponseProtocol
 
     proto = _ResponseProtocol(SimpleNamespace(url="http://127.0.0.1/"), b"")  # type: ignore[arg-type]
     proto.get_buffer(-1)[:10] = b"HTTP/1.1 2"  # a head still arriving

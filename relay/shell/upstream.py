@@ -18,9 +18,9 @@ from urllib.parse import urljoin, urlsplit
 
 import httptools
 
-from relay.buffers import ReadBuffer
-from relay.failover import Reason
-from relay.mpegts import PacketAligner
+from relay.core.buffers import ReadBuffer
+from relay.core.failover import Reason
+from relay.ts import PacketAligner
 
 MAX_HEAD_BYTES = 64 * 1024  # an upstream that sends endless headers is broken, not slow
 MAX_GARBAGE_BYTES = 64 * 1024  # this much without MPEG-TS sync: an HTML page, a gzip body, ...

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from relay import hdhomerun
 from relay.config import parse
+from relay.tuner import hdhomerun
 
 BASE = "http://10.0.0.5:5004"
 UPNP = "{urn:schemas-upnp-org:device-1-0}"

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from relay.store import StreamRow
+from relay.storage.store import StreamRow
 
 QUALITY_ORDER = ("4K", "FHD", "HD", "", "SD")  # best first; "" = the name does not say
 _QUALITY_TOKENS = {

@@ -1,11 +1,12 @@
 """The operator's commands: `relay sync`, `channels`, `map`, `unmap`, `events`, for a person at a terminal.
 
 Owns: argument parsing for these subcommands and their plain-text output (tables, one-line errors,
-exit 2 for a user mistake). The work itself lives in relay.sync, relay.store and relay.mapping.
+exit 2 for a user mistake). The work itself lives in relay.sources.sync, relay.storage.store and
+relay.core.mapping.
 
 Must never: print a password or a stream URL. Streams are named `account/stream_id`; every provider
-text reaching here was scrubbed where it was made (relay.xtream, relay.m3u, relay.guide), and events
-hold none.
+text reaching here was scrubbed where it was made (relay.sources.xtream, relay.sources.m3u,
+relay.sources.guide), and events hold none.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import orjson
 
 from relay import config as config_mod
 from relay.config import Config, ConfigError
-from relay.mapping import quality_of
-from relay.store import MappedStream, MappingError, Store
+from relay.core.mapping import quality_of
+from relay.storage.store import MappedStream, MappingError, Store
 
 LEVELS = {"debug": 0, "info": 1, "warn": 2, "warning": 2, "error": 3}
 NAME_WIDTH = 32
@@ -102,16 +103,16 @@ class _Progress:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from relay.events import EventLog
-    from relay.sync import sync_once
+    from relay.sources.sync import sync_once
+    from relay.storage.eventlog import EventLog
 
     try:
         cfg = _load(args)
     except ConfigError as e:
         return _fail(str(e))
     if not args.verbose:  # the summary below says it all; warnings of other modules still show
-        logging.getLogger("relay.sync").setLevel(logging.ERROR)
-        logging.getLogger("relay.events").setLevel(logging.ERROR)
+        logging.getLogger("relay.sources.sync").setLevel(logging.ERROR)
+        logging.getLogger("relay.storage.eventlog").setLevel(logging.ERROR)
     _open_store(cfg).close()
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
 
@@ -173,7 +174,7 @@ def _stream_label(s: MappedStream) -> list[str]:
 
 
 def cmd_channels(args: argparse.Namespace) -> int:
-    from relay.sync import channel_list
+    from relay.sources.sync import channel_list
 
     def work(cfg: Config, store: Store) -> int:
         channels = channel_list(cfg, store)
@@ -227,7 +228,7 @@ def _print_unmapped(store: Store, channels: list[Any], by_channel: dict[str, lis
 
 def _resolve(cfg: Config, store: Store, channel: str, ref: str) -> tuple[str, str, int]:
     """(channel id, account, stream id) from what a person typed: an id or a number, account/id."""
-    from relay.sync import channel_list
+    from relay.sources.sync import channel_list
 
     channels = channel_list(cfg, store)
     ids = {c.id for c in channels}
@@ -355,7 +356,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    """Register the subcommands on relay.cli's parser."""
+    """Register the subcommands on relay.cli.main's parser."""
     help_config = "config file (default: $RELAY_CONFIG, else ./config.yaml)"
     p = sub.add_parser("sync", help="import the accounts' streams and the guide's channels, then map them")
     p.add_argument("--config", help=help_config)

@@ -16,9 +16,9 @@ import logging
 import shutil
 from collections.abc import Callable
 
-from relay.mpegts import PacketAligner
+from relay.ts import PacketAligner
 
-log = logging.getLogger("relay.transcode")
+log = logging.getLogger("relay.shell.transcode")
 
 # stream_type -> (ffmpeg encoder, its options) for the codecs a client may have started with
 VIDEO_ENCODERS: dict[int, list[str]] = {

@@ -23,12 +23,12 @@ from urllib.parse import unquote
 
 import httptools
 
-from relay import http11
+from relay.core import http11
 
 if TYPE_CHECKING:
-    from relay.session import ChannelSession
+    from relay.shell.session import ChannelSession
 
-log = logging.getLogger("relay.server")
+log = logging.getLogger("relay.shell.server")
 
 WRITE_HIGH_WATER = 256 * 1024  # per client: beyond this the session pauses its upstream
 WRITE_LOW_WATER = 64 * 1024

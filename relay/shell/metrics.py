@@ -15,8 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from relay.failover import Slots
-    from relay.session import ChannelSession
+    from relay.core.failover import Slots
+    from relay.shell.session import ChannelSession
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SWITCH_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)

@@ -10,7 +10,7 @@ SQLite connection. For each account of the config, in order, it logs in on `play
 - an API that is down (timeout, 5xx, not JSON, an empty list where there were streams) keeps the
   last good import.
 Then the guide's `<channel>`s are imported, streaming, from the same sources `/xmltv.xml` is built
-from, and `relay.mapping` maps streams to channels. Config and manual mappings are never touched.
+from, and `relay.core.mapping` maps streams to channels. Config and manual mappings are never touched.
 `start_sync` runs this at start and every `sync.interval_h` as a background task; `channel_list`
 is what the relay serves: the config's channels, then the guide channels the last sync selected.
 
@@ -33,12 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from relay.config import AccountConfig, ChannelConfig, Config
-from relay.events import EventLog
-from relay.guide import Source, fetch_source, guide_sources, top_level_elements
-from relay.guide import _describe as describe_error
-from relay.guide import _open_stream as open_source
-from relay.m3u import M3uError, read_m3u_streams
-from relay.mapping import (
+from relay.core.mapping import (
     QUALITY_ORDER,
     GuideChannel,
     assign_numbers,
@@ -47,10 +42,15 @@ from relay.mapping import (
     quality_of,
     select_channels,
 )
-from relay.store import Store
-from relay.xtream import LiveStream, NoXtreamApi, XtreamClient, XtreamError
+from relay.sources.guide import Source, fetch_source, guide_sources, top_level_elements
+from relay.sources.guide import _describe as describe_error
+from relay.sources.guide import _open_stream as open_source
+from relay.sources.m3u import M3uError, read_m3u_streams
+from relay.sources.xtream import LiveStream, NoXtreamApi, XtreamClient, XtreamError
+from relay.storage.eventlog import EventLog
+from relay.storage.store import Store
 
-log = logging.getLogger("relay.sync")
+log = logging.getLogger("relay.sources.sync")
 
 Progress = Callable[[str, int], None]  # (what, how many so far): a CLI shows it on a TTY
 PROGRESS_EVERY = 1000

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from relay.config import Config
-from relay.failover import Candidate, rank_candidates
+from relay.core.failover import Candidate, rank_candidates
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (

@@ -1,0 +1,1 @@
+"""The command line: `relay serve`, `relay demo`, and the operator's commands."""

@@ -1,0 +1,1 @@
+"""The I/O shell: asyncio Protocols and the objects that carry out the core's actions."""

@@ -1,0 +1,1 @@
+"""Provider edges: Xtream player_api, M3U, XMLTV guides, and the account sync."""

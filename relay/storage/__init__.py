@@ -1,0 +1,1 @@
+"""Where state and events go: SQLite, the JSON-lines event log, webhooks."""

@@ -1,0 +1,1 @@
+"""What Plex sees: the HDHomeRun HTTP API documents and UDP/SSDP discovery."""
