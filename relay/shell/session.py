@@ -36,7 +36,8 @@ from relay.core.failover import (
 )
 from relay.core.flow import FlowControl
 from relay.shell import transcode
-from relay.shell.upstream import UpstreamAttempt, tls_context
+from relay.shell.upstream import UpstreamAttempt
+from relay.sources.tls import account_tls_context
 from relay.storage.eventlog import EventLog
 from relay.ts import Splicer
 
@@ -75,9 +76,7 @@ class Shared:
 
     def tls_for(self, c: Candidate) -> Callable[[], ssl.SSLContext]:
         """The TLS context an https:// account's connections use (its tls_verify and ca_file)."""
-        acc = self.config.account(c.account)
-        ca = str(self.config.path(acc.ca_file)) if acc.ca_file else None
-        return functools.partial(tls_context, acc.tls_verify, ca)
+        return functools.partial(account_tls_context, self.config.account(c.account), self.config.base_dir)
 
 
 class ChannelSession:

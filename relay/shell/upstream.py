@@ -10,7 +10,6 @@ machine. The URL carries the account's password, so it is never logged or report
 from __future__ import annotations
 
 import asyncio
-import functools
 import ssl
 from collections.abc import Callable
 from typing import Protocol
@@ -20,6 +19,7 @@ import httptools
 
 from relay.core.buffers import ReadBuffer
 from relay.core.failover import Reason
+from relay.sources.tls import tls_context
 from relay.ts import PacketAligner
 
 MAX_HEAD_BYTES = 64 * 1024  # an upstream that sends endless headers is broken, not slow
@@ -35,20 +35,6 @@ class UpstreamSink(Protocol):
     def on_failed(self, attempt: int, reason: Reason, status: int | None) -> None: ...
 
 
-@functools.lru_cache(maxsize=16)
-def tls_context(verify: bool = True, ca_file: str | None = None) -> ssl.SSLContext:
-    """The client TLS context for an https:// account; one per setting, shared by its connections.
-
-    `ca_file` adds a PEM bundle to trust (a panel with its own CA); `verify=False` accepts any
-    certificate (a self-signed panel), which still encrypts but no longer authenticates the provider.
-    """
-    ctx = ssl.create_default_context(cafile=ca_file)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 class UpstreamAttempt:
     """Connects, follows redirects, streams. `close()` is safe at any point and idempotent."""
 
@@ -61,7 +47,7 @@ class UpstreamAttempt:
         *,
         user_agent: str,
         max_redirects: int = 3,
-        ssl_context: Callable[[], ssl.SSLContext] = ssl.create_default_context,
+        ssl_context: Callable[[], ssl.SSLContext] = tls_context,
     ) -> None:
         self.loop = loop
         self.id = attempt

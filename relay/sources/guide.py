@@ -29,80 +29,38 @@ import tempfile
 import threading
 import time
 import urllib.parse
-import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import Any, TextIO
 
-from relay.config import DEFAULT_USER_AGENT, ChannelConfig, Config
-from relay.shell.upstream import tls_context
+from relay.config import ChannelConfig, Config
+from relay.sources.fetch import (
+    Cancelled,
+    Opener,
+    Reader,
+    Source,
+    describe,
+    fetch_source,
+    open_stream,
+    redact_url,
+    url_secrets,
+)
+from relay.sources.tls import account_ca_file
 from relay.tuner.hdhomerun import guide_id, sorted_channels, xml_attr, xml_text
 
 DEFAULT_REFRESH_H = 6.0
 RETRY_AFTER_FAILURE_S = 900.0  # a failed refresh is retried sooner than the next regular one
-FETCH_TIMEOUT_S = 60.0
-MAX_SOURCE_BYTES = 4 << 30  # decompressed; a guide bigger than this is a mistake or an attack
 CHUNK = 1 << 20
-
-Opener = Callable[[str, str], IO[bytes]]  # (url, user_agent) -> readable binary stream
 
 
 class GuideBuildError(Exception):
     """No guide source could be read; str() is safe to log (credentials scrubbed)."""
 
 
-class _Cancelled(Exception):
-    pass
-
-
 # ---------------------------------------------------------------------------------------------
-# Sources and redaction
-
-_SECRET_KEYS = re.compile(r"(?i)^(user(name)?|pass(word)?|pwd|token|key|api_?key|auth|secret)$")
-
-
-@dataclass(frozen=True)
-class Source:
-    label: str  # what logs may show: a file path or a redacted URL
-    url: str | None = None
-    path: Path | None = None
-    user_agent: str = DEFAULT_USER_AGENT
-    secrets: tuple[str, ...] = field(default=(), repr=False)
-    tls_verify: bool = True  # an account's https settings apply to its xmltv.php too
-    ca_file: str | None = None
-
-    def scrub(self, text: str) -> str:
-        """`text` with every credential of this source (raw or URL-quoted) replaced by ***."""
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            if len(secret) >= 2:
-                for form in {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}:
-                    text = text.replace(form, "***")
-        return text
-
-
-def redact_url(url: str) -> str:
-    """The URL with user-info and credential-like query values replaced by ***."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    if "@" in parts.netloc:
-        netloc = "***@" + netloc
-    query = "&".join(
-        f"{k}=***" if _SECRET_KEYS.match(k) else f"{k}={v}"
-        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    )
-    segs = parts.path.split("/")
-    if len(segs) >= 5 and segs[1] == "live":  # Xtream stream URLs: /live/{username}/{password}/{id}.ts
-        segs[2] = segs[3] = "***"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, "/".join(segs), query, ""))
-
-
-def _url_secrets(url: str) -> tuple[str, ...]:
-    parts = urllib.parse.urlsplit(url)
-    found = [v for k, v in urllib.parse.parse_qsl(parts.query) if _SECRET_KEYS.match(k)]
-    found += [s for s in (parts.username, parts.password) if s]
-    return tuple(found)
+# Sources (fetching, redaction and the size cap live in relay.sources.fetch)
 
 
 def guide_sources(cfg: Config) -> list[Source]:
@@ -113,7 +71,7 @@ def guide_sources(cfg: Config) -> list[Source]:
             p = cfg.path(g.file)
             out.append(Source(label=str(p), path=p))
         elif g.url is not None:
-            out.append(Source(label=redact_url(g.url), url=g.url, secrets=_url_secrets(g.url)))
+            out.append(Source(label=redact_url(g.url), url=g.url, secrets=url_secrets(g.url)))
     if out:
         return out
     for a in cfg.accounts:
@@ -126,60 +84,12 @@ def guide_sources(cfg: Config) -> list[Source]:
                 label=f"account {a.name} ({redact_url(url)})",
                 url=url,
                 user_agent=a.user_agent,
-                secrets=(a.username, a.password, *_url_secrets(a.url)),
+                secrets=(a.username, a.password, *url_secrets(a.url)),
                 tls_verify=a.tls_verify,
-                ca_file=str(cfg.path(a.ca_file)) if a.ca_file else None,
+                ca_file=account_ca_file(a, cfg.base_dir),
             )
         )
     return out
-
-
-def http_open(url: str, user_agent: str, *, tls_verify: bool = True, ca_file: str | None = None) -> IO[bytes]:
-    req = urllib.request.Request(url, headers={"User-Agent": user_agent, "Accept-Encoding": "gzip"})
-    ctx = tls_context(tls_verify, ca_file) if url.startswith("https:") else None
-    resp: IO[bytes] = urllib.request.urlopen(req, timeout=FETCH_TIMEOUT_S, context=ctx)
-    return resp
-
-
-def fetch_source(src: Source, opener: Opener = http_open) -> IO[bytes]:
-    """A source's bytes: its file, or its URL with the account's user agent and TLS settings."""
-    if src.path is not None:
-        return src.path.open("rb")
-    if opener is http_open:
-        return http_open(src.url or "", src.user_agent, tls_verify=src.tls_verify, ca_file=src.ca_file)
-    return opener(src.url or "", src.user_agent)
-
-
-class _Reader:
-    """A read-only stream: first `prefix`, then `raw`; counts bytes and honours a cancel flag."""
-
-    def __init__(self, raw: IO[bytes], prefix: bytes, limit: int, cancel: threading.Event) -> None:
-        self._raw = raw
-        self._prefix = prefix
-        self._left = limit
-        self._cancel = cancel
-
-    def read(self, n: int = -1) -> bytes:
-        if self._cancel.is_set():
-            raise _Cancelled
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-        else:
-            data = self._raw.read(n if n is not None and n >= 0 else CHUNK)
-        self._left -= len(data)
-        if self._left < 0:
-            raise GuideBuildError("source larger than the size limit")
-        return data
-
-
-def _open_stream(raw: IO[bytes], cancel: threading.Event) -> _Reader:
-    """Wrap a source stream, transparently gunzipping it when it starts with the gzip magic."""
-    head = raw.read(2)
-    outer = _Reader(raw, head, MAX_SOURCE_BYTES, cancel)
-    if head == b"\x1f\x8b":
-        inner: IO[bytes] = gzip.GzipFile(fileobj=outer, mode="rb")  # type: ignore[arg-type]
-        return _Reader(inner, b"", MAX_SOURCE_BYTES, cancel)
-    return outer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +119,7 @@ class _BuildState:
     bad_times: int = 0
 
 
-def top_level_elements(stream: _Reader) -> Iterator[ET.Element]:
+def top_level_elements(stream: Reader) -> Iterator[ET.Element]:
     """Each complete child of <tv> (channel, programme), parsed streaming; once the caller moves on,
     it is cleared, so memory stays at one element whatever the size of the guide."""
     depth = 0
@@ -227,7 +137,7 @@ def top_level_elements(stream: _Reader) -> Iterator[ET.Element]:
         root.clear()  # drop the handled child
 
 
-def _copy_programmes(stream: _Reader, index: int, state: _BuildState, out: TextIO) -> None:
+def _copy_programmes(stream: Reader, index: int, state: _BuildState, out: TextIO) -> None:
     """Stream one source: keep the programmes of configured channels, re-keyed, into `out`.
 
     A channel's programmes come from the first source (in order) that has any, so two accounts
@@ -305,7 +215,7 @@ def build_guide(
     xml_path: Path,
     gz_path: Path,
     *,
-    opener: Opener = http_open,
+    opener: Opener | None = None,
     cancel: threading.Event | None = None,
 ) -> BuildReport:
     """Build the guide into xml_path and gz_path (blocking; run it in a worker thread).
@@ -336,12 +246,12 @@ def build_guide(
                 try:
                     raw = fetch_source(src, opener)
                     with raw:
-                        _copy_programmes(_open_stream(raw, cancel), index, state, out)
+                        _copy_programmes(open_stream(raw, cancel), index, state, out)
                     ok += 1
-                except _Cancelled:
+                except Cancelled:
                     raise
                 except Exception as e:  # a source's failure is reported, the others still count
-                    errors.append(src.scrub(f"{src.label}: {_describe(e)}"))
+                    errors.append(src.scrub(f"{src.label}: {describe(e)}"))
         if sources and not ok:
             raise GuideBuildError("; ".join(errors) or "no guide source could be read")
         xml_tmp, gz_tmp = temp(".xml.tmp"), temp(".gz.tmp")
@@ -372,13 +282,6 @@ def build_guide(
         bad_times=state.bad_times,
         seconds=time.monotonic() - began,
     )
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, ET.ParseError):
-        return f"not valid XML ({e})"
-    text = str(e) or type(e).__name__
-    return text if isinstance(e, GuideBuildError) else f"{type(e).__name__}: {text}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,7 +338,7 @@ class GuideCache:
         refresh_h: float = DEFAULT_REFRESH_H,
         cache_dir: Path | None = None,
         log: logging.Logger | None = None,
-        opener: Opener = http_open,
+        opener: Opener | None = None,
         channels: Callable[[], Sequence[ChannelConfig]] | None = None,
     ) -> None:
         self._cfg = cfg
@@ -486,7 +389,7 @@ class GuideCache:
         """Build in a child process: parsing 100 MB of XML in a thread would hold the GIL and stall the
         relay's event loop (measured: /health p99 116 ms, max 170 ms during a 50 MB build). A custom
         opener (tests) cannot cross a process boundary, so it keeps the thread."""
-        if self._opener is not http_open:
+        if self._opener is not None:
             return await asyncio.to_thread(self._build)
         ctx = multiprocessing.get_context("spawn")  # never fork a process that runs threads
         receiver, sender = ctx.Pipe(duplex=False)
@@ -519,7 +422,7 @@ class GuideCache:
                 self.last_error = str(e)
                 self._log.warning("guide: refresh failed, keeping the previous guide: %s", e)
                 return False
-            except _Cancelled:
+            except Cancelled:
                 return False
             self.last_report, self.last_error = report, None
             self._log_report(report)

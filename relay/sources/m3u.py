@@ -15,22 +15,17 @@ import re
 import threading
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
 from relay.config import AccountConfig
-from relay.sources.guide import GuideBuildError, Source, redact_url
-from relay.sources.guide import (
-    _open_stream as open_source,  # gunzips when needed, caps the size, honours cancel
-)
-from relay.sources.guide import _url_secrets as url_secrets
-from relay.sources.xtream import LiveStream, ssl_context
+from relay.sources.fetch import Source, SourceTooLarge, fetch_source, open_stream, redact_url, url_secrets
+from relay.sources.tls import account_ca_file
+from relay.sources.xtream import LiveStream
 
 CHUNK = 1 << 16
-FETCH_TIMEOUT_S = 60.0
 _ATTR = re.compile(r"""([A-Za-z0-9_-]+)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"',]+))""")
 _NOT_LIVE = ("movie", "series", "timeshift")
 
@@ -152,14 +147,25 @@ def account_m3u_source(account: AccountConfig, base_dir: Path) -> Source:
         query = urllib.parse.urlencode(
             {"username": account.username, "password": account.password, "type": "m3u_plus", "output": "ts"}
         )
-        url = f"{account.url}/get.php?{query}"
-        return Source(label=redact_url(url), url=url, user_agent=account.user_agent, secrets=secrets)
+        return _url_source(account, base_dir, f"{account.url}/get.php?{query}", secrets)
     if re.match(r"^https?://", value):
-        secrets += url_secrets(value)
-        return Source(label=redact_url(value), url=value, user_agent=account.user_agent, secrets=secrets)
+        return _url_source(account, base_dir, value, secrets + url_secrets(value))
     p = Path(value)
     p = p if p.is_absolute() else base_dir / p
     return Source(label=str(p), path=p, secrets=secrets)
+
+
+def _url_source(account: AccountConfig, base_dir: Path, url: str, secrets: tuple[str, ...]) -> Source:
+    """A playlist URL of the account; an https:// account's TLS settings apply to it (as to player_api)."""
+    https = account.url.startswith("https://")
+    return Source(
+        label=redact_url(url),
+        url=url,
+        user_agent=account.user_agent,
+        secrets=secrets,
+        tls_verify=account.tls_verify if https else True,
+        ca_file=account_ca_file(account, base_dir) if https else None,
+    )
 
 
 def read_m3u_streams(
@@ -171,15 +177,9 @@ def read_m3u_streams(
     streams: list[LiveStream] = []
     skipped = 0
     try:
-        if src.path is not None:
-            raw: IO[bytes] = src.path.open("rb")
-        else:
-            req = urllib.request.Request(
-                src.url or "", headers={"User-Agent": src.user_agent, "Accept-Encoding": "gzip"}
-            )
-            raw = urllib.request.urlopen(req, timeout=FETCH_TIMEOUT_S, context=ssl_context(account, base_dir))
+        raw: IO[bytes] = fetch_source(src)
         with raw:
-            for entry in parse_m3u(iter_lines(open_source(raw, cancel))):
+            for entry in parse_m3u(iter_lines(open_stream(raw, cancel))):
                 if entry.stream_id is None:
                     skipped += 1
                     continue
@@ -197,7 +197,7 @@ def read_m3u_streams(
         raise M3uError(src.scrub(f"{src.label}: HTTP {e.code}")) from None
     except urllib.error.URLError as e:
         raise M3uError(src.scrub(f"{src.label}: {e.reason}")) from None
-    except GuideBuildError as e:  # over the size limit
+    except SourceTooLarge as e:
         raise M3uError(src.scrub(f"{src.label}: {e}")) from None
     except (http.client.HTTPException, ValueError) as e:  # broken framing
         raise M3uError(src.scrub(f"{src.label}: broken HTTP answer ({type(e).__name__})")) from None

@@ -42,9 +42,10 @@ from relay.core.mapping import (
     quality_of,
     select_channels,
 )
-from relay.sources.guide import Source, fetch_source, guide_sources, top_level_elements
-from relay.sources.guide import _describe as describe_error
-from relay.sources.guide import _open_stream as open_source
+from relay.sources.fetch import Source, fetch_source
+from relay.sources.fetch import describe as describe_error
+from relay.sources.fetch import open_stream as open_source  # the reader: gunzip, size cap, cancel
+from relay.sources.guide import guide_sources, top_level_elements
 from relay.sources.m3u import M3uError, read_m3u_streams
 from relay.sources.xtream import LiveStream, NoXtreamApi, XtreamClient, XtreamError
 from relay.storage.eventlog import EventLog

@@ -13,10 +13,8 @@ from __future__ import annotations
 import gzip
 import http.client
 import math
-import ssl
 import urllib.error
 import urllib.parse
-import urllib.request
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +24,8 @@ from typing import Any
 import orjson
 
 from relay.config import AccountConfig
-from relay.sources.guide import Source, redact_url
+from relay.sources.fetch import open_url, redact_url, scrub
+from relay.sources.tls import account_ca_file
 
 API_TIMEOUT_S = 30.0  # a panel listing 50k streams answers in seconds; longer means it is down
 CHUNK = 64 << 10
@@ -173,21 +172,6 @@ def parse_live_streams(payload: Any, categories: Mapping[str, str]) -> list[Live
     return out
 
 
-def ssl_context(account: AccountConfig, base_dir: Path) -> ssl.SSLContext | None:
-    """The TLS settings of an https:// account (tls_verify, ca_file); None for plain http."""
-    if not account.url.startswith("https://"):
-        return None
-    cafile = None
-    if account.ca_file:
-        p = Path(account.ca_file)
-        cafile = str(p if p.is_absolute() else base_dir / p)
-    ctx = ssl.create_default_context(cafile=cafile)
-    if not account.tls_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 @dataclass
 class XtreamClient:
     """player_api.php of one account. Blocking; every error is an XtreamError with a scrubbed text."""
@@ -197,7 +181,8 @@ class XtreamClient:
     password: str = field(repr=False)
     user_agent: str = "VLC/3.0.20 LibVLC/3.0.20"
     timeout_s: float = API_TIMEOUT_S
-    context: ssl.SSLContext | None = field(default=None, repr=False)
+    tls_verify: bool = True  # for an https:// panel (relay.sources.tls)
+    ca_file: str | None = None
 
     @classmethod
     def for_account(cls, account: AccountConfig, base_dir: Path) -> XtreamClient:
@@ -206,7 +191,8 @@ class XtreamClient:
             account.username,
             account.password,
             user_agent=account.user_agent,
-            context=ssl_context(account, base_dir),
+            tls_verify=account.tls_verify,
+            ca_file=account_ca_file(account, base_dir),
         )
 
     def user_info(self) -> UserInfo:
@@ -220,15 +206,16 @@ class XtreamClient:
 
     def scrub(self, text: str) -> str:
         """`text` without this account's username or password in any encoding."""
-        return Source(label="", secrets=(self.username, self.password)).scrub(text)
+        return scrub(text, (self.username, self.password))
 
     def _get(self, **params: str) -> Any:
         query = urllib.parse.urlencode({"username": self.username, "password": self.password, **params})
         url = f"{self.base_url}/player_api.php?{query}"
-        req = urllib.request.Request(url, headers={"User-Agent": self.user_agent, "Accept-Encoding": "gzip"})
         what = redact_url(url)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s, context=self.context) as resp:
+            with open_url(
+                url, self.user_agent, timeout=self.timeout_s, tls_verify=self.tls_verify, ca_file=self.ca_file
+            ) as resp:
                 gzipped = (resp.headers.get("Content-Encoding") or "").lower() == "gzip"
                 body = resp.read1(CHUNK)
                 if not _looks_like_json(body, gzipped):  # an HTML page, a video stream: hang up now
