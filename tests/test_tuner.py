@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from relay.tuner.hdhomerun import is_valid_device_id
 from tests import fake_provider as fp
+from tests import netns
 from tests.fake_provider import FakeProvider
 from tests.harness import config_for, open_stream, request, running_relay
 
@@ -143,10 +145,17 @@ async def test_given_guide_source_then_xmltv_is_rekeyed_to_relay_ids_and_gzipped
         assert headers.get("content-encoding") == "gzip" and gzip.decompress(zbody) == body
 
 
-@pytest.mark.skipif(shutil.which("hdhomerun_config") is None, reason="hdhomerun_config not installed")
 async def test_hdhomerun_config_discovers_the_running_relay_by_unicast(
-    provider: FakeProvider, tmp_path: Path
+    provider: FakeProvider, tmp_path: Path, request: pytest.FixtureRequest
 ):
+    """In its own network namespace (tests/netns.py): another relay holding 65001 on this machine
+    would otherwise answer instead, and the DeviceID found would be that relay's."""
+    if shutil.which("hdhomerun_config") is None:
+        if netns.in_ci():
+            pytest.fail("hdhomerun_config is not installed (Debian package hdhomerun-config)")
+        pytest.skip("hdhomerun_config not installed")
+    if not await netns.own_port(request, 65001):
+        return  # it ran, and passed, in a network namespace of its own
     cfg = config_for(tmp_path, provider, {"one": [("a", 1)]})
     cfg["discovery"] = {"udp": True, "bind": "127.0.0.1"}
     async with running_relay(cfg, tmp_path) as relay:
@@ -156,3 +165,4 @@ async def test_hdhomerun_config_discovers_the_running_relay_by_unicast(
         )
         out, _ = await asyncio.wait_for(proc.communicate(), 10)
         assert d["DeviceID"] in out.decode(), out
+        assert re.findall(r"hdhomerun device (\S+) found", out.decode()) == [d["DeviceID"]], out
