@@ -111,6 +111,7 @@ class HlsUpstreamAttempt:
         self._paused = False
         self._head_sent = False
         self._skipped_noted = 0
+        self._releasing = False
 
     # ---- the UpstreamAttempt interface --------------------------------------------------------
 
@@ -423,6 +424,15 @@ class HlsUpstreamAttempt:
 
     def _release(self, now: float) -> None:
         """Hand the sink what is due of the fetched segments: each one spread over its duration."""
+        if self._releasing:
+            return  # the sink resumed us from inside on_packets: the loop below goes on
+        self._releasing = True
+        try:
+            self._release_due(now)
+        finally:
+            self._releasing = False
+
+    def _release_due(self, now: float) -> None:
         while not self._closed and not self._paused:
             if self._cur is None:
                 if not self._ready:
