@@ -65,6 +65,9 @@ class FailoverConfig(_Model):
     transcode: bool = True
     keyframe_wait_s: float = Field(1.0, ge=0)  # after a switch, wait at most this for a keyframe
     no_video_s: float = Field(3.0, gt=0)  # video silent this long while audio flows = NoVideo failure
+    # HLS: a master playlist's variant with the highest BANDWIDTH up to this (bits/s); None = the best
+    hls_max_bandwidth: int | None = Field(None, ge=1)
+    hls_live_edge: float = Field(3.0, ge=1)  # HLS: start this many target durations before the end (RFC)
 
 
 class AccountConfig(_Model):
@@ -78,6 +81,8 @@ class AccountConfig(_Model):
     tls_verify: bool = True  # https:// providers: check the certificate (off only for a self-signed panel)
     ca_file: str | None = None  # https:// providers: trust this PEM bundle (relative to the config file)
     m3u: str | None = None  # extra M3U source: URL, file, or "get.php" (this account's m3u_plus)
+    # Xtream live streams as MPEG-TS or HLS; auto: ts unless the panel's allowed_output_formats lacks it
+    output: Literal["ts", "m3u8", "auto"] = "auto"
 
     @field_validator("url")
     @classmethod
@@ -85,11 +90,31 @@ class AccountConfig(_Model):
         return http_url(v).rstrip("/")
 
 
+DIRECT_ACCOUNT = "direct"  # the slot ledger's name for `url:` streams given without an account
+
+
 class StreamRef(_Model):
-    account: str
-    stream_id: int = Field(ge=0)
+    """A channel's stream: `account` + `stream_id` (Xtream), or a `url` (TS or HLS, any server) that
+    counts against `account`'s max_connections when one is given."""
+
+    account: str | None = None
+    stream_id: int | None = Field(None, ge=0)
+    url: str | None = None
     priority: int = Field(0, ge=0)
     primary: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        return None if v is None else http_url(v)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StreamRef:
+        if (self.url is None) == (self.stream_id is None):
+            raise ValueError("give either stream_id (with account) or url")
+        if self.stream_id is not None and self.account is None:
+            raise ValueError("stream_id needs an account")
+        return self
 
 
 class ChannelConfig(_Model):
@@ -208,8 +233,14 @@ class Config(_Model):
             seen_ids.add(ch.id)
             seen_numbers.add(ch.number)
             for j, s in enumerate(ch.streams):
-                if s.account not in names:
+                if s.account is not None and s.account not in names:
                     raise _KeyedError(f"channels[{i}].streams[{j}].account", f"unknown account {s.account!r}")
+                if s.account is None and DIRECT_ACCOUNT in names:
+                    raise _KeyedError(
+                        f"channels[{i}].streams[{j}].account",
+                        f"needed: {DIRECT_ACCOUNT!r} is an account's name and also means url: streams"
+                        " without one",
+                    )
         return self
 
     def account(self, name: str) -> AccountConfig:

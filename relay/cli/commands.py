@@ -145,6 +145,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         state = {"no_api": "no API", "down": "API down", "off": "off"}.get(a.state, a.state)
         rows.append([a.name, state, str(a.streams), "; ".join(notes)])
     _table(rows, sys.stdout)
+    _print_skip_counts(report.accounts)
     g, m = report.guide, report.mapping
     print(f"guide: {g.channels} channels from {g.sources_ok}/{g.sources} source(s)")
     for err in g.errors:
@@ -165,6 +166,23 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0 if worked or not (report.accounts or g.sources) else 1
 
 
+def _print_skip_counts(accounts: list[Any]) -> None:
+    """Every entry an import left out, counted by reason: nothing is dropped silently."""
+    for a in accounts:
+        if a.skipped:
+            counts = ", ".join(f"{n} {reason}" for reason, n in sorted(a.skipped.items()))
+            print(f"skipped: {a.name}: {sum(a.skipped.values())} entries ({counts})")
+    if any(a.skipped for a in accounts):
+        print("  (relay channels --skipped lists them)")
+
+
+def _print_skipped(store: Store) -> None:
+    """`relay channels --skipped`: each entry the last imports left out, by name, never its URL."""
+    skips = store.skips()
+    print(f"Entries not imported: {len(skips)}")
+    _table([["", acc, src, reason, _clip(name)] for acc, src, reason, name in skips], sys.stdout)
+
+
 # ---- relay channels ------------------------------------------------------------------------------------
 
 
@@ -183,6 +201,9 @@ def cmd_channels(args: argparse.Namespace) -> int:
             by_channel[s.channel_id].append(s)
         if args.unmapped:
             _print_unmapped(store, channels, by_channel)
+            return 0
+        if args.skipped:
+            _print_skipped(store)
             return 0
         rows = [["NUMBER", "CHANNEL", "NAME", "#", "STREAM", "QUALITY", "SOURCE", "STREAM NAME"]]
         for ch in channels:
@@ -366,6 +387,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--unmapped", action="store_true", help="list channels without a stream and streams on none"
     )
+    p.add_argument("--skipped", action="store_true", help="list the entries the last sync left out, and why")
     p.set_defaults(func=cmd_channels)
     p = sub.add_parser(
         "map",

@@ -3,7 +3,7 @@
 Routes are a small table: exact paths for the fixed endpoints, prefixes for the stream URLs.
 Every handler answers with bytes at once, except a stream, which hands the connection to a
 channel session. Nothing here decides failover; nothing here knows a provider's password except
-`Shared.url_for`, which builds the URL at the moment a connection is opened.
+`Shared.url_for` (relay/sources/streams.py), which builds the URL when a connection is opened.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from relay.shell.metrics import Metrics
 from relay.shell.server import HttpProtocol, Request
 from relay.shell.session import ChannelSession, Shared
 from relay.sources.guide import GuideCache
+from relay.sources.streams import direct_limits
 from relay.sources.sync import SyncReport, account_limits, channel_list, start_sync, stop_sync
 from relay.storage.eventlog import EventLog
 from relay.storage.notify import Notifier
@@ -99,8 +100,9 @@ class Relay:
             config=cfg,
             events=self.events,
             health=HealthMemory(),
-            slots=Slots(account_limits(cfg, self.store)),
+            slots=Slots(account_limits(cfg, self.store) | direct_limits(cfg)),
             clock=loop.time,
+            directory=self.store.stream_directory(),
         )
         try:
             self.server = await loop.create_server(
@@ -160,6 +162,7 @@ class Relay:
         self._load_channels()
         if self.shared is not None and self.store is not None:
             self.shared.slots.limits.update(account_limits(self.cfg, self.store))
+            self.shared.directory = self.store.stream_directory()
             reported = {a.name: a.active_cons for a in report.accounts if a.active_cons is not None}
             self.reconcile_slots(reported)
         if len(self.channels) != before:

@@ -44,6 +44,9 @@ class Metrics:
         self.upgrade_failures = Counter("relay_upgrade_failures", "Upgrade probes that failed", registry=r)
         self.dropped_clients = Counter("relay_dropped_clients", "Clients dropped for lagging", registry=r)
         self.transcodes = Counter("relay_transcodes", "Backups re-encoded to the client's codecs", registry=r)
+        self.hls_skipped = Counter(
+            "relay_hls_skipped_segments", "HLS segments that left the live window unfetched", registry=r
+        )
         self.switch_seconds = Histogram(
             "relay_switch_seconds", "Detection to first backup byte", buckets=SWITCH_BUCKETS, registry=r
         )
@@ -71,6 +74,8 @@ class Metrics:
             self.dropped_clients.inc()
         elif name == "transcode":
             self.transcodes.inc()
+        elif name == "hls_skipped":
+            self.hls_skipped.inc(e.get("skipped_segments") or 0)
 
     def session_ended(self, s: ChannelSession) -> None:
         self.ended_bytes += s.bytes_out

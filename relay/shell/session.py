@@ -16,8 +16,8 @@ import asyncio
 import functools
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from relay.config import Config
 from relay.core import http11
@@ -36,8 +36,10 @@ from relay.core.failover import (
 )
 from relay.core.flow import FlowControl
 from relay.shell import transcode
+from relay.shell.hls_upstream import HlsUpstreamAttempt
 from relay.shell.upstream import UpstreamAttempt
-from relay.sources.tls import account_tls_context
+from relay.sources import streams
+from relay.sources.tls import account_tls_context, tls_context
 from relay.storage.eventlog import EventLog
 from relay.ts import Splicer
 
@@ -69,13 +71,16 @@ class Shared:
     health: HealthMemory
     slots: Slots
     clock: Callable[[], float]
+    directory: streams.Directory = field(default_factory=streams.Directory)  # URL streams, panel formats
 
-    def url_for(self, c: Candidate) -> tuple[str, str]:
-        acc = self.config.account(c.account)
-        return f"{acc.url}/live/{acc.username}/{acc.password}/{c.stream_id}.ts", acc.user_agent
+    def url_for(self, c: Candidate) -> streams.Target:
+        """The kind (ts, hls, auto) and URL the candidate plays: relay/sources/streams.py decides."""
+        return streams.target_for(self.config, c, self.directory)
 
     def tls_for(self, c: Candidate) -> Callable[[], ssl.SSLContext]:
         """The TLS context an https:// account's connections use (its tls_verify and ca_file)."""
+        if c.account == streams.DIRECT_ACCOUNT:
+            return functools.partial(tls_context, True, None)
         return functools.partial(account_tls_context, self.config.account(c.account), self.config.base_dir)
 
 
@@ -94,8 +99,8 @@ class ChannelSession:
             channel, candidates, shared.config.failover, shared.health, shared.slots
         )
         self.outputs: list[Output] = []
-        self.attempts: dict[int, UpstreamAttempt] = {}
-        self.current: UpstreamAttempt | None = None
+        self.attempts: dict[int, UpstreamAttempt | HlsUpstreamAttempt] = {}
+        self.current: UpstreamAttempt | HlsUpstreamAttempt | None = None
         self.started = False  # response head sent to the outputs
         self.ended = False
         self.bytes_out = 0
@@ -275,14 +280,27 @@ class ChannelSession:
     def on_failed(self, attempt: int, reason: Reason, status: int | None) -> None:
         self._run(self.machine.failed(attempt, reason, self.shared.clock(), status))
 
+    def on_discontinuity(self, attempt: int) -> None:
+        """An HLS upstream's timeline breaks (EXT-X-DISCONTINUITY): splice it like a switch."""
+        cur = self.current
+        if cur is not None and cur.id == attempt:
+            if self.started:
+                self.splicer.switch(self.shared.clock())
+        elif (att := self.attempts.get(attempt)) is not None:
+            att.pending, att.pending_bytes = [], 0  # what came before the break never goes out
+
+    def on_note(self, attempt: int, event: str, fields: dict[str, Any]) -> None:
+        """An HLS upstream's own event (skipped segments, a failure's detail), named by its stream."""
+        a = self.machine.attempts.get(attempt)
+        stream = a.candidate.ref if a is not None else None
+        self.shared.events.emit(event, "warn", {"channel": self.channel, "stream": stream, **fields})
+
     # ---- actions ----------------------------------------------------------------------------
 
     def _run(self, actions: list[Action]) -> None:
         for a in actions:
             if isinstance(a, Open):
-                url, ua = self.shared.url_for(a.candidate)
-                tls = self.shared.tls_for(a.candidate)
-                att = UpstreamAttempt(self.loop, a.attempt, url, self, user_agent=ua, ssl_context=tls)
+                att = self._attempt(a)
                 self.attempts[a.attempt] = att
                 att.start()
             elif isinstance(a, Close):
@@ -303,6 +321,27 @@ class ChannelSession:
                 return
         if not self.ended:
             self._arm()
+
+    def _attempt(self, a: Open) -> UpstreamAttempt | HlsUpstreamAttempt:
+        """The one place a stream's kind picks its attempt: Xtream TS, else the HLS (or probing) one."""
+        t = self.shared.url_for(a.candidate)
+        tls = self.shared.tls_for(a.candidate)
+        if t.kind == "ts":
+            return UpstreamAttempt(
+                self.loop, a.attempt, t.url, self, user_agent=t.user_agent, ssl_context=tls
+            )
+        fo = self.shared.config.failover
+        return HlsUpstreamAttempt(
+            self.loop,
+            a.attempt,
+            t.url,
+            self,
+            user_agent=t.user_agent,
+            ssl_context=tls,
+            max_bandwidth=fo.hls_max_bandwidth,
+            stall_s=fo.stall_timeout_s,
+            live_edge=fo.hls_live_edge,
+        )
 
     def _log(self, a: Log) -> None:
         """Emit an event; a switch's event waits until the backup's entry (its keyframe, whole) went
@@ -326,7 +365,7 @@ class ChannelSession:
                 fields["switch_ms"] = round(fields["switch_ms"] + entry_ms, 1)
         self.shared.events.emit(a.event, a.level, fields)
 
-    def _switch(self, att: UpstreamAttempt) -> None:
+    def _switch(self, att: UpstreamAttempt | HlsUpstreamAttempt) -> None:
         """From the next whole packet on, relay `att`: the old one's partial packet never goes out."""
         now = self.shared.clock()
         self.current = att

@@ -4,8 +4,10 @@ Owns: the `#EXTINF` attributes (`tvg-id`, `tvg-name`, `tvg-logo`, `group-title`,
 `=` tolerated, PlexIPTV#28), the title after the comma, `#EXTGRP`, and the Xtream stream id inside a
 stream URL (`/live/U/P/1234.ts`, `/U/P/1234`). A playlist of any size costs one entry of memory.
 
-Must never: keep, log or return a stream URL. Those carry the account's credentials; only the stream
-id leaves this module, and the relay builds its own URL from the account when it plays one.
+Must never: log a stream URL or return one with the account's credentials in it. A URL leaves this
+module only as a template (relay.sources.streams: username and password as placeholders), for the
+entries the relay must play at exactly their URL (not an Xtream live URL of the account's own server);
+for the others only the stream id leaves, and the relay builds its own URL from the account.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import IO, Protocol
 
 from relay.config import AccountConfig
 from relay.sources.fetch import Source, SourceTooLarge, fetch_source, open_stream, redact_url, url_secrets
+from relay.sources.streams import template, url_stream_id
 from relay.sources.tls import account_ca_file
 from relay.sources.xtream import LiveStream
 
@@ -41,6 +44,7 @@ class M3uEntry:
     title: str
     attrs: dict[str, str] = field(default_factory=dict)
     stream_id: int | None = None  # None: the URL is not an Xtream live URL
+    url: str = field(default="", repr=False, compare=False)  # carries credentials: never shown
 
     @property
     def tvg_id(self) -> str | None:
@@ -112,7 +116,7 @@ def parse_m3u(lines: Iterable[str]) -> Iterator[M3uEntry]:
             continue
         if group and "group-title" not in attrs:
             attrs["group-title"] = group
-        yield M3uEntry(title=title, attrs=attrs, stream_id=stream_id_from_url(line))
+        yield M3uEntry(title=title, attrs=attrs, stream_id=stream_id_from_url(line), url=line)
         attrs, title, group = {}, "", None
 
 
@@ -204,3 +208,100 @@ def read_m3u_streams(
     except OSError as e:
         raise M3uError(src.scrub(f"{src.label}: {e.strerror or type(e).__name__}")) from None
     return streams, skipped
+
+
+# ---- every entry playable or counted (the import report) ----------------------------------------------
+
+SKIP_REASONS = ("vod_series", "unsupported_scheme", "duplicate", "unparseable")
+
+
+@dataclass
+class M3uImport:
+    """An M3U's live streams, the URL templates of those played at their own URL, what was left out."""
+
+    streams: list[LiveStream] = field(default_factory=list)
+    urls: dict[int, str] = field(default_factory=dict)  # stream_id -> template (relay.sources.streams)
+    skips: list[tuple[str, str]] = field(default_factory=list)  # (reason, entry name); never a URL
+
+
+def classify(entry: M3uEntry, account: AccountConfig) -> tuple[int, str | None] | str:
+    """(stream_id, URL template or None) for a playable entry, else the skip reason.
+
+    An Xtream live URL on the account's own server plays as the account's stream (its `output`);
+    any other http(s) URL plays at exactly that URL, TS or HLS as its answer says.
+    """
+    try:
+        parts = urllib.parse.urlsplit(entry.url.strip())
+        port = parts.port
+    except ValueError:
+        return "unparseable"
+    scheme = parts.scheme.lower()
+    if not scheme or "://" not in entry.url:
+        return "unparseable"
+    if scheme not in ("http", "https"):
+        return "unsupported_scheme"
+    if not parts.hostname:
+        return "unparseable"
+    segs = [p.lower() for p in parts.path.split("/") if p]
+    if segs and segs[0] in _NOT_LIVE:
+        return "vod_series"
+    own = urllib.parse.urlsplit(account.url)
+    same_server = (parts.hostname, port or (443 if scheme == "https" else 80)) == (
+        own.hostname,
+        own.port or (443 if own.scheme == "https" else 80),
+    )
+    if entry.stream_id is not None and same_server:
+        return entry.stream_id, None
+    tmpl = template(entry.url, account.username, account.password)
+    return (entry.stream_id if entry.stream_id is not None else url_stream_id(tmpl)), tmpl
+
+
+def import_entries(entries: Iterable[M3uEntry], account: AccountConfig) -> M3uImport:
+    out = M3uImport()
+    seen: set[int] = set()
+    for entry in entries:
+        kind = classify(entry, account)
+        name = entry.name or "(no name)"
+        if isinstance(kind, str):
+            out.skips.append((kind, name))
+            continue
+        sid, tmpl = kind
+        if sid in seen:
+            out.skips.append(("duplicate", name))
+            continue
+        seen.add(sid)
+        out.streams.append(
+            LiveStream(
+                stream_id=sid,
+                name=entry.name or str(sid),
+                epg_channel_id=entry.tvg_id,
+                category=entry.group,
+                icon=entry.logo,
+            )
+        )
+        if tmpl is not None:
+            out.urls[sid] = tmpl
+    return out
+
+
+def read_m3u_import(
+    account: AccountConfig, base_dir: Path, *, cancel: threading.Event | None = None
+) -> M3uImport:
+    """The account's M3U, every entry either a stream or a counted skip (M3uError as read_m3u_streams)."""
+    src = account_m3u_source(account, base_dir)
+    cancel = cancel or threading.Event()
+    try:
+        raw: IO[bytes] = fetch_source(src)
+        with raw:
+            return import_entries(parse_m3u(iter_lines(open_stream(raw, cancel))), account)
+    except urllib.error.HTTPError as e:
+        e.close()
+        raise M3uError(src.scrub(f"{src.label}: HTTP {e.code}")) from None
+    except urllib.error.URLError as e:
+        raise M3uError(src.scrub(f"{src.label}: {e.reason}")) from None
+    except SourceTooLarge as e:
+        raise M3uError(src.scrub(f"{src.label}: {e}")) from None
+    except (http.client.HTTPException, ValueError) as e:
+        raise M3uError(src.scrub(f"{src.label}: broken HTTP answer ({type(e).__name__})")) from None
+    except OSError as e:
+        raise M3uError(src.scrub(f"{src.label}: {e.strerror or type(e).__name__}")) from None

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,7 +46,7 @@ from relay.sources.fetch import Source, fetch_source
 from relay.sources.fetch import describe as describe_error
 from relay.sources.fetch import open_stream as open_source  # the reader: gunzip, size cap, cancel
 from relay.sources.guide import guide_sources, top_level_elements
-from relay.sources.m3u import M3uError, read_m3u_streams
+from relay.sources.m3u import M3uError, M3uImport, read_m3u_import
 from relay.sources.xtream import LiveStream, NoXtreamApi, XtreamClient, XtreamError
 from relay.storage.eventlog import EventLog
 from relay.storage.store import Store
@@ -75,6 +75,7 @@ class AccountResult:
     exp_date: int | None = None
     max_connections: int | None = None
     active_cons: int | None = None  # the panel's count of this line's open connections, at the call
+    skipped: dict[str, int] = field(default_factory=dict)  # entries left out of the import, by reason
 
 
 @dataclass
@@ -150,12 +151,14 @@ def sync_account(
         return res
     client = XtreamClient.for_account(acc, cfg.base_dir)
     api: list[LiveStream] | None = None
+    api_skips: list[tuple[str, str]] = []
     api_state = "ok"
     try:
         info = client.user_info()
         res.reason = info.problem(now)
         res.exp_date, res.max_connections = info.exp_date, info.max_connections
         res.active_cons = info.active_cons
+        store.set_output_formats(acc.name, info.allowed_output_formats)
         res.was = store.set_account_state(
             acc.name,
             inactive_reason=res.reason,
@@ -176,7 +179,7 @@ def sync_account(
         except XtreamError:
             categories = {}  # streams still import; their category shows as its id
         _check(cancel)
-        api = client.live_streams(categories)
+        api, api_skips = client.live_streams_report(categories)
     except NoXtreamApi as e:
         api_state, res.detail = "no_api", str(e)
     except XtreamError as e:
@@ -184,19 +187,17 @@ def sync_account(
     _check(cancel)
     streams = list(api or [])
     via = ["player_api"] if api is not None else []
+    skips = [("player_api", reason, name) for reason, name in api_skips]
+    urls: dict[int, str] = {}
     if acc.m3u:
         try:
-            extra, skipped = read_m3u_streams(acc, cfg.base_dir, cancel=cancel)
+            extra = read_m3u_import(acc, cfg.base_dir, cancel=cancel)
         except M3uError as e:
             res.detail = "; ".join(filter(None, (res.detail, f"m3u: {e}")))
         else:
-            have = {s.stream_id for s in streams}
-            streams += [s for s in extra if s.stream_id not in have]
+            streams, urls, m3u_skips = _merge_m3u(streams, extra)
+            skips += m3u_skips
             via.append("m3u")
-            if skipped:
-                log.info(
-                    "sync: account %s: %d M3U entries are not Xtream live URLs, skipped", acc.name, skipped
-                )
     _check(cancel)
     before = store.stream_count(acc.name)
     if not via or (not streams and before):
@@ -209,7 +210,36 @@ def sync_account(
     res.streams = store.import_streams(
         acc.name, ((s.stream_id, s.name, s.epg_channel_id, s.category, s.icon) for s in streams)
     )
+    store.set_stream_urls(acc.name, {s.stream_id: urls.get(s.stream_id) for s in streams})
+    store.replace_skips(acc.name, skips)
+    res.skipped = dict(Counter(reason for _, reason, _ in skips))
+    if skips:
+        log.info(
+            "sync: account %s: %d entries not imported (%s); relay channels --skipped lists them",
+            acc.name,
+            len(skips),
+            ", ".join(f"{n} {r}" for r, n in sorted(res.skipped.items())),
+        )
     return res
+
+
+def _merge_m3u(
+    streams: list[LiveStream], extra: M3uImport
+) -> tuple[list[LiveStream], dict[int, str], list[tuple[str, str, str]]]:
+    """player_api's streams, then the M3U's others; an M3U entry player_api lists too is a duplicate."""
+    have = {s.stream_id for s in streams}
+    skips = [("m3u", reason, name) for reason, name in extra.skips]
+    out = list(streams)
+    urls: dict[int, str] = {}
+    for s in extra.streams:
+        if s.stream_id in have:
+            skips.append(("m3u", "duplicate", s.name))
+            continue
+        have.add(s.stream_id)
+        out.append(s)
+        if s.stream_id in extra.urls:
+            urls[s.stream_id] = extra.urls[s.stream_id]
+    return out, urls, skips
 
 
 def _log_account(res: AccountResult) -> None:

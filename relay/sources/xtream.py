@@ -89,6 +89,7 @@ class UserInfo:
     max_connections: int | None
     active_cons: int | None
     is_trial: bool
+    allowed_output_formats: tuple[str, ...] | None = None  # e.g. ("m3u8", "ts"); None: not said
 
     def problem(self, now: float) -> str | None:
         """Why this line cannot stream — unauthorised, expired, banned, disabled — or None."""
@@ -114,7 +115,14 @@ def parse_user_info(payload: Any) -> UserInfo:
         max_connections=flex_int(info.get("max_connections")),
         active_cons=flex_int(info.get("active_cons")),
         is_trial=flex_bool(info.get("is_trial")),
+        allowed_output_formats=_formats(info.get("allowed_output_formats")),
     )
+
+
+def _formats(value: Any) -> tuple[str, ...] | None:
+    if not isinstance(value, list):
+        return None
+    return tuple(f.lower() for v in value if (f := flex_str(v)))
 
 
 @dataclass(frozen=True)
@@ -150,13 +158,32 @@ def parse_categories(payload: Any) -> dict[str, str]:
 
 def parse_live_streams(payload: Any, categories: Mapping[str, str]) -> list[LiveStream]:
     """The live streams; entries without a stream id, and radio, are left out."""
+    return parse_live_streams_report(payload, categories)[0]
+
+
+def parse_live_streams_report(
+    payload: Any, categories: Mapping[str, str]
+) -> tuple[list[LiveStream], list[tuple[str, str]]]:
+    """The live streams, and (reason, name) of each entry left out: radio, unparseable, duplicate."""
     out: list[LiveStream] = []
+    skips: list[tuple[str, str]] = []
+    seen: set[int] = set()
     for item in _items(payload):
-        if not isinstance(item, dict) or item.get("stream_type") == "radio_streams":
+        if not isinstance(item, dict):
+            skips.append(("unparseable", "(not an object)"))
+            continue
+        name = flex_str(item.get("name")) or "(no name)"
+        if item.get("stream_type") == "radio_streams":
+            skips.append(("radio", name))
             continue
         sid = flex_int(item.get("stream_id"))
         if sid is None or sid < 0:
+            skips.append(("unparseable", name))
             continue
+        if sid in seen:
+            skips.append(("duplicate", name))
+            continue
+        seen.add(sid)
         cid = flex_str(item.get("category_id"))
         if cid is None and isinstance(item.get("category_ids"), list) and item["category_ids"]:
             cid = flex_str(item["category_ids"][0])
@@ -169,7 +196,7 @@ def parse_live_streams(payload: Any, categories: Mapping[str, str]) -> list[Live
                 icon=flex_str(item.get("stream_icon")),
             )
         )
-    return out
+    return out, skips
 
 
 @dataclass
@@ -203,6 +230,11 @@ class XtreamClient:
 
     def live_streams(self, categories: Mapping[str, str] | None = None) -> list[LiveStream]:
         return parse_live_streams(self._get(action="get_live_streams"), categories or {})
+
+    def live_streams_report(
+        self, categories: Mapping[str, str] | None = None
+    ) -> tuple[list[LiveStream], list[tuple[str, str]]]:
+        return parse_live_streams_report(self._get(action="get_live_streams"), categories or {})
 
     def scrub(self, text: str) -> str:
         """`text` without this account's username or password in any encoding."""

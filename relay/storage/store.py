@@ -15,8 +15,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from relay.config import Config
+from relay.config import DIRECT_ACCOUNT, Config, StreamRef
 from relay.core.failover import Candidate, rank_candidates
+from relay.sources.streams import Directory, template, url_stream_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -83,7 +84,18 @@ COLUMNS = (
     ("xmltv_channels", "in_guide", "INTEGER NOT NULL DEFAULT 0"),  # seen in the last complete guide import
     ("xmltv_channels", "served", "INTEGER NOT NULL DEFAULT 0"),  # a sync made it a relay channel
     ("xmltv_channels", "hd", "INTEGER NOT NULL DEFAULT 1"),
+    ("xtream_channels", "url", "TEXT"),  # an M3U or config URL, credentials as placeholders (sources/streams)
+    ("accounts", "output_formats", "TEXT"),  # JSON list: user_info.allowed_output_formats
 )
+
+SKIPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS import_skips (
+    account TEXT NOT NULL,
+    source TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    name TEXT NOT NULL
+);
+"""
 
 MAPPING_ORDER = (
     "m.stream_priority ASC, m.is_primary DESC,"
@@ -155,6 +167,7 @@ class Store:
         self.path = Path(path)
         self.conn = connect(self.path)
         self.conn.executescript(SCHEMA)
+        self.conn.executescript(SKIPS_SCHEMA)
         _add_columns(self.conn)
 
     def close(self) -> None:
@@ -186,6 +199,12 @@ class Store:
                         "max_connections" in acc.model_fields_set,
                     ),
                 )
+            if any(s.url is not None and s.account is None for ch in cfg.channels for s in ch.streams):
+                c.execute(
+                    "INSERT INTO accounts (name, url, username, is_active, max_connections)"
+                    " VALUES (?, '', '', 1, ?) ON CONFLICT(name) DO NOTHING",
+                    (DIRECT_ACCOUNT, 1 << 20),
+                )
             ids = {name: i for i, name in c.execute("SELECT id, name FROM accounts")}
             c.execute("DELETE FROM channel_mappings WHERE source = 'config'")
             for ch in cfg.channels:
@@ -199,15 +218,18 @@ class Store:
                 marked = any(s.primary for s in ch.streams)
                 first_best = next((s for s in ch.streams if s.priority == best), None)
                 for s in ch.streams:
+                    account, sid, tmpl = config_stream(cfg, s)
                     c.execute(
                         "INSERT INTO xtream_channels (account_id, stream_id) VALUES (?,?)"
                         " ON CONFLICT(account_id, stream_id) DO NOTHING",
-                        (ids[s.account], s.stream_id),
+                        (ids[account], sid),
                     )
                     (xid,) = c.execute(
                         "SELECT id FROM xtream_channels WHERE account_id=? AND stream_id=?",
-                        (ids[s.account], s.stream_id),
+                        (ids[account], sid),
                     ).fetchone()
+                    if tmpl is not None:
+                        c.execute("UPDATE xtream_channels SET url=? WHERE id=?", (tmpl, xid))
                     primary = s.primary if marked else s is first_best
                     c.execute(
                         "INSERT INTO channel_mappings (xmltv_channel_id, xtream_channel_id, stream_priority,"
@@ -217,6 +239,55 @@ class Store:
                         " source='config'",
                         (ch.id, xid, s.priority, int(primary)),
                     )
+
+    # ---- stream kinds and URLs (relay/sources/streams.py) -------------------------------------------
+
+    def stream_directory(self) -> Directory:
+        """The URL templates of URL streams and each panel's output formats: what `target_for` needs."""
+        urls = {
+            (a, sid): url
+            for a, sid, url in self.conn.execute(
+                "SELECT a.name, x.stream_id, x.url FROM xtream_channels x"
+                " JOIN accounts a ON a.id = x.account_id WHERE x.url IS NOT NULL"
+            )
+        }
+        formats = {
+            name: tuple(orjson.loads(f))
+            for name, f in self.conn.execute("SELECT name, output_formats FROM accounts")
+            if f
+        }
+        return Directory(urls, formats)
+
+    def set_output_formats(self, account: str, formats: Sequence[str] | None) -> None:
+        with _tx(self.conn):
+            self.conn.execute(
+                "UPDATE accounts SET output_formats=? WHERE name=?",
+                (orjson.dumps(list(formats)).decode() if formats is not None else None, account),
+            )
+
+    def set_stream_urls(self, account: str, urls: dict[int, str | None]) -> None:
+        """Record (or clear, None) the URL template of an account's imported streams."""
+        with _tx(self.conn):
+            (acc_id,) = self.conn.execute("SELECT id FROM accounts WHERE name=?", (account,)).fetchone()
+            self.conn.executemany(
+                "UPDATE xtream_channels SET url=? WHERE account_id=? AND stream_id=?",
+                ((url, acc_id, sid) for sid, url in urls.items()),
+            )
+
+    def replace_skips(self, account: str, skips: Iterable[tuple[str, str, str]]) -> None:
+        """What the last import of `account` left out: (source, reason, entry name); no URL."""
+        with _tx(self.conn):
+            self.conn.execute("DELETE FROM import_skips WHERE account=?", (account,))
+            self.conn.executemany(
+                "INSERT INTO import_skips (account, source, reason, name) VALUES (?,?,?,?)",
+                ((account, src, reason, name) for src, reason, name in skips),
+            )
+
+    def skips(self) -> list[tuple[str, str, str, str]]:
+        """(account, source, reason, name) of every entry the last imports left out."""
+        return list(
+            self.conn.execute("SELECT account, source, reason, name FROM import_skips ORDER BY rowid")
+        )
 
     def candidates(self, channel_id: str) -> list[Candidate]:
         """The channel's streams on active accounts, best first (stream_priority, then is_primary)."""
@@ -510,6 +581,16 @@ class Store:
                 (channel_id, account, stream_id),
             )
         return None if row is None else str(row[1])
+
+
+def config_stream(cfg: Config, s: StreamRef) -> tuple[str, int, str | None]:
+    """(account, stream_id, URL template or None) of a config stream; url: streams get a stable id."""
+    if s.url is None:
+        assert s.account is not None and s.stream_id is not None
+        return s.account, s.stream_id, None
+    acc = cfg.account(s.account) if s.account is not None else None
+    tmpl = template(s.url, acc.username if acc else None, acc.password if acc else None)
+    return s.account or DIRECT_ACCOUNT, url_stream_id(tmpl), tmpl
 
 
 def _add_columns(conn: sqlite3.Connection) -> None:
