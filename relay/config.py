@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from relay.core.policy import FailoverPolicy
+
 DEFAULT_USER_AGENT = "VLC/3.0.20 LibVLC/3.0.20"  # some panels block library user agents
 
 
@@ -65,6 +67,18 @@ class FailoverConfig(_Model):
     transcode: bool = True
     keyframe_wait_s: float = Field(1.0, ge=0)  # after a switch, wait at most this for a keyframe
     no_video_s: float = Field(3.0, gt=0)  # video silent this long while audio flows = NoVideo failure
+
+    def policy(self) -> FailoverPolicy:
+        """The plain value the sans-IO failover machine takes (it never sees pydantic)."""
+        return FailoverPolicy(
+            connect_timeout_s=self.connect_timeout_s,
+            stall_timeout_s=self.stall_timeout_s,
+            budget_s=self.budget_s,
+            upgrade_after_s=self.upgrade_after_s,
+            cooldown_s=self.cooldown_s,
+            hedge_delay_s=self.hedge_delay_s,
+            hold_s=self.hold_s,
+        )
 
 
 class AccountConfig(_Model):

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.config import FailoverConfig
+from relay.core.policy import FailoverPolicy
 
 
 class Reason(enum.StrEnum):
@@ -182,6 +182,62 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+# Every move the machine may make; `FailoverMachine._to` raises IllegalTransition on any other.
+_ALLOWED: dict[State, frozenset[State]] = {
+    State.IDLE: frozenset({State.STARTING, State.CLOSED}),  # start(); close() before start
+    State.STARTING: frozenset(
+        {
+            State.STREAMING,  # the start round found a stream
+            State.EXHAUSTED,  # every candidate failed before anything was sent
+            State.CLOSED,
+        }
+    ),
+    State.STREAMING: frozenset(
+        {
+            State.FAILING_OVER,  # the current stream failed, or a break-before-make upgrade gave it up
+            State.CLOSED,
+        }
+    ),
+    State.FAILING_OVER: frozenset(
+        {
+            State.STREAMING,  # the round found a stream (a backup, the upgrade target, or the old one)
+            State.HOLDING,  # the round found nothing and hold_s allows a retry
+            State.EXHAUSTED,  # the round found nothing within budget_s (or the hold ran out)
+            State.CLOSED,
+        }
+    ),
+    State.HOLDING: frozenset({State.FAILING_OVER, State.CLOSED}),  # the back-off retry; close()
+    State.EXHAUSTED: frozenset({State.CLOSED}),  # the shell ends the session
+    State.CLOSED: frozenset(),
+}
+_INACTIVE = frozenset({State.IDLE, State.EXHAUSTED, State.CLOSED})  # no deadlines, tick does nothing
+
+
+class IllegalTransition(RuntimeError):
+    """A move the table does not allow: a bug in the machine, never user input."""
+
+
+class _Due(enum.Enum):
+    """What a deadline is for; the attempt deadlines carry the Reason the attempt fails with."""
+
+    STALL = "stall"  # the current stream: no bytes for stall_timeout_s
+    CONNECT = "connect"  # an attempt: no response head within connect_timeout_s
+    BODY = "body"  # an attempt: a head but no packets for stall_timeout_s
+    RETRY = "retry"  # holding: the next back-off retry
+    BUDGET = "budget"  # a round's budget_s ran out
+    PREFER = "prefer"  # a start round: a ready lower candidate stops waiting for a better one
+    HEDGE = "hedge"  # a round: the next candidate opens
+    UPGRADE = "upgrade"  # upgrade_after_s on a lower-priority stream passed
+
+
+_ATTEMPT_REASON = {
+    _Due.STALL: Reason.STREAM_STALL,
+    _Due.CONNECT: Reason.CONNECTION_TIMEOUT,
+    _Due.BODY: Reason.STREAM_STALL,
+}
+_ROUND_DUES = frozenset({_Due.BUDGET, _Due.PREFER, _Due.HEDGE})
+
+
 @dataclass
 class _Attempt:
     id: int
@@ -190,6 +246,14 @@ class _Attempt:
     head_at: float | None = None
     ready_at: float | None = None
     probe: bool = False
+
+    def deadline(self, policy: FailoverPolicy) -> tuple[float, _Due] | None:
+        """When this (not current) attempt fails unless it gets further, and why."""
+        if self.head_at is None:
+            return self.opened_at + policy.connect_timeout_s, _Due.CONNECT
+        if self.ready_at is None:
+            return self.head_at + policy.stall_timeout_s, _Due.BODY
+        return None
 
 
 @dataclass
@@ -228,7 +292,7 @@ class FailoverMachine:
         self,
         channel: str,
         candidates: Sequence[Candidate],
-        policy: FailoverConfig,
+        policy: FailoverPolicy,
         health: HealthMemory,
         slots: Slots,
     ) -> None:
@@ -237,7 +301,7 @@ class FailoverMachine:
         self.policy = policy
         self.health = health
         self.slots = slots
-        self.state = State.IDLE
+        self._state = State.IDLE
         self.attempts: dict[int, _Attempt] = {}
         self.current: _Attempt | None = None
         self._round: _Round | None = None
@@ -252,14 +316,24 @@ class FailoverMachine:
         self.failovers = 0
         self.upgrades = 0
 
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def _to(self, state: State) -> None:
+        """The one place the state changes: only along the _ALLOWED table."""
+        if state not in _ALLOWED[self._state]:
+            raise IllegalTransition(f"{self.channel}: {self._state.name} -> {state.name}")
+        self._state = state
+
     # ---- inputs -----------------------------------------------------------------------------
 
     def start(self, now: float) -> list[Action]:
         """Begin the session: the first round, healthy candidates first."""
-        if self.state is not State.IDLE:
+        if self._state is not State.IDLE:
             raise RuntimeError("start() called twice")
         self._started_at = now
-        self.state = State.STARTING
+        self._to(State.STARTING)
         healthy = [c for c in self.candidates if not self._cooling(c, now)]
         cooling = [c for c in self.candidates if self._cooling(c, now)]
         self._round = _Round("start", healthy + cooling, now, None, prefer_priority=True)
@@ -333,47 +407,47 @@ class FailoverMachine:
         self._last_data = max(self._last_data, now)
 
     def tick(self, now: float) -> list[Action]:
-        """Act on every deadline that has passed."""
+        """Act on every deadline that has passed: the ones `next_deadline` reported, in one list."""
         out: list[Action] = []
-        if self.state in (State.CLOSED, State.EXHAUSTED, State.IDLE):
+        if self._state in _INACTIVE:
             return out
-        cur = self.current
-        if cur is not None and not self._paused and now - self._last_data >= self.policy.stall_timeout_s:
-            out += self.failed(cur.id, Reason.STREAM_STALL, now)
-        for a in list(self.attempts.values()):
-            if a is self.current or a.id not in self.attempts:
+        round_checked = False
+        # each due one is checked against the state again: acting on an earlier one may have moved it
+        for when, due, attempt in self._deadlines():
+            if when > now:
                 continue
-            if a.head_at is None and now - a.opened_at >= self.policy.connect_timeout_s:
-                out += self.failed(a.id, Reason.CONNECTION_TIMEOUT, now)
+            if due in _ATTEMPT_REASON:
+                a = self.attempts.get(attempt) if attempt is not None else None
+                if a is not None and (a is self.current) == (due is _Due.STALL):
+                    out += self.failed(a.id, _ATTEMPT_REASON[due], now)
+            elif due is _Due.RETRY and self._retry_at is not None and now >= self._retry_at:
+                self._retry(now, out)
+            elif due in _ROUND_DUES and not round_checked and (rnd := self._round) is not None:
+                round_checked = True
+                if rnd.deadline is not None and now >= rnd.deadline:
+                    self._exhaust(now, out)
+                else:
+                    self._advance(now, out)
+                    self._choose(now, out)
             elif (
-                a.ready_at is None
-                and a.head_at is not None
-                and now - a.head_at >= self.policy.stall_timeout_s
+                due is _Due.UPGRADE
+                and self._round is None
+                and self._upgrade_at is not None
+                and now >= self._upgrade_at
             ):
-                out += self.failed(a.id, Reason.STREAM_STALL, now)
-        if self._retry_at is not None and now >= self._retry_at:
-            self._retry(now, out)
-        rnd = self._round
-        if rnd is not None:
-            if rnd.deadline is not None and now >= rnd.deadline:
-                self._exhaust(now, out)
-            else:
-                self._advance(now, out)
-                self._choose(now, out)
-        if self._upgrade_at is not None and now >= self._upgrade_at and self._round is None:
-            self._begin_upgrade(now, out)
+                self._begin_upgrade(now, out)
         return out
 
     def close(self, now: float, reason: str) -> list[Action]:
         """The session ends (client gone, shutdown): close everything, log session_end."""
-        if self.state is State.CLOSED:
+        if self._state is State.CLOSED:
             return []
         out: list[Action] = []
         cur = self.current
         for a in list(self.attempts.values()):
             self._drop(a, now, out, failed=False)
-        was = self.state
-        self.state = State.CLOSED
+        was = self._state
+        self._to(State.CLOSED)
         self._round = self._upgrade = self._held = None
         self._upgrade_at = self._retry_at = None
         self.current = None
@@ -395,35 +469,34 @@ class FailoverMachine:
 
     def next_deadline(self) -> float | None:
         """The earliest time tick() has something to do, for the shell's single timer."""
-        if self.state in (State.CLOSED, State.EXHAUSTED, State.IDLE):
+        if self._state in _INACTIVE:
             return None
+        return min((when for when, _, _ in self._deadlines()), default=None)
+
+    def _deadlines(self) -> list[tuple[float, _Due, int | None]]:
+        """Every deadline pending now, as (when, what, attempt), in the order tick acts on them."""
         p = self.policy
-        times: list[float] = []
-        if self.current is not None and not self._paused:
-            times.append(self._last_data + p.stall_timeout_s)
+        out: list[tuple[float, _Due, int | None]] = []
+        cur = self.current
+        if cur is not None and not self._paused:
+            out.append((self._last_data + p.stall_timeout_s, _Due.STALL, cur.id))
         for a in self.attempts.values():
-            if a is self.current:
-                continue
-            if a.head_at is None:
-                times.append(a.opened_at + p.connect_timeout_s)
-            elif a.ready_at is None:
-                times.append(a.head_at + p.stall_timeout_s)
+            if a is not cur and (d := a.deadline(p)) is not None:
+                out.append((d[0], d[1], a.id))
+        if self._retry_at is not None:
+            out.append((self._retry_at, _Due.RETRY, None))
         rnd = self._round
         if rnd is not None:
             if rnd.deadline is not None:
-                times.append(rnd.deadline)
-            ready = [
-                a.ready_at for a in self.attempts.values() if a.ready_at is not None and a is not self.current
-            ]
+                out.append((rnd.deadline, _Due.BUDGET, None))
+            ready = [a.ready_at for a in self.attempts.values() if a.ready_at is not None and a is not cur]
             if rnd.prefer_priority and ready:
-                times.append(min(ready) + p.connect_timeout_s)
+                out.append((min(ready) + p.connect_timeout_s, _Due.PREFER, None))
             if rnd.queue:
-                times.append(rnd.next_open_at)
+                out.append((rnd.next_open_at, _Due.HEDGE, None))
         if self._upgrade_at is not None:
-            times.append(self._upgrade_at)
-        if self._retry_at is not None:
-            times.append(self._retry_at)
-        return min(times) if times else None
+            out.append((self._upgrade_at, _Due.UPGRADE, None))
+        return out
 
     @property
     def current_candidate(self) -> Candidate | None:
@@ -435,7 +508,7 @@ class FailoverMachine:
         self, failed: Candidate, reason: Reason, status: int | None, now: float, out: list[Action]
     ) -> None:
         self._cancel_upgrade(now, out)
-        self.state = State.FAILING_OVER
+        self._to(State.FAILING_OVER)
         others = [c for c in self.candidates if c != failed]
         healthy = [c for c in others if not self._cooling(c, now)]
         cooling = [c for c in others if self._cooling(c, now)]
@@ -522,7 +595,7 @@ class FailoverMachine:
         self.current = a
         self._round = None
         self._last_data = now
-        self.state = State.STREAMING
+        self._to(State.STREAMING)
         out.append(Switch(a.id, a.candidate))
         common: dict[str, Any] = {"attempted": rnd.attempted}
         if rnd.skipped:
@@ -586,7 +659,7 @@ class FailoverMachine:
         if self._hold(rnd, now, out):
             return
         started = rnd.kind != "start"
-        self.state = State.EXHAUSTED
+        self._to(State.EXHAUSTED)
         reason = rnd.reason or rnd.last_reason or Reason.CONNECTION_ERROR
         out.append(
             Log(
@@ -629,7 +702,7 @@ class FailoverMachine:
                     ),
                 )
             )
-        self.state = State.HOLDING
+        self._to(State.HOLDING)
         self._held = rnd
         self._retry_at = now + backoff
         return True
@@ -640,7 +713,7 @@ class FailoverMachine:
         self._held = None
         if held is None:
             return
-        self.state = State.FAILING_OVER
+        self._to(State.FAILING_OVER)
         healthy = [c for c in self.candidates if not self._cooling(c, now)]
         cooling = [c for c in self.candidates if self._cooling(c, now)]
         self._round = _Round(
@@ -713,7 +786,7 @@ class FailoverMachine:
         self._upgrade = None
         self._drop(cur, now, out, failed=False)
         self.current = None
-        self.state = State.FAILING_OVER
+        self._to(State.FAILING_OVER)
         self._round = _Round(
             "upgrade",
             [target, cur.candidate] + [c for c in self.candidates if c not in (target, cur.candidate)],

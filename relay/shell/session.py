@@ -92,7 +92,7 @@ class ChannelSession:
         self.shared = shared
         self.loop = asyncio.get_running_loop()
         self.machine = FailoverMachine(
-            channel, candidates, shared.config.failover, shared.health, shared.slots
+            channel, candidates, shared.config.failover.policy(), shared.health, shared.slots
         )
         self.outputs: list[Output] = []
         self.attempts: dict[int, UpstreamAttempt] = {}
