@@ -38,8 +38,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from relay.core import events as ev
 from relay.core.policy import FailoverPolicy
 
 
@@ -102,11 +102,25 @@ class Exhausted:
 
 @dataclass(frozen=True)
 class Log:
-    """An event to record. `fields` match the event schema in relay/events.py."""
+    """An event to record (relay/core/events.py); `event`, `level`, `fields` read it as it is written.
 
-    event: str
-    level: str
-    fields: dict[str, Any]
+    `until_entry`: a switch's event, finished only once the new stream's entry went out (see
+    `entry_pending`)."""
+
+    what: ev.Event
+    until_entry: bool = False
+
+    @property
+    def event(self) -> str:
+        return self.what.kind
+
+    @property
+    def level(self) -> str:
+        return self.what.level
+
+    @property
+    def fields(self) -> dict[str, object]:
+        return self.what.fields()
 
 
 Action = Open | Close | Switch | Exhausted | Log
@@ -269,7 +283,7 @@ class _Round:
     upgrade_target: Candidate | None = None
     attempted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)  # each candidate that failed, and why
+    failures: list[ev.Failure] = field(default_factory=list)  # each candidate that failed, and why
     next_open_at: float = 0.0
     last_status: int | None = None
     last_reason: Reason | None = None
@@ -385,9 +399,7 @@ class FailoverMachine:
             self._probe_failed(a, reason, http_status, now, out)
         elif self._round is not None:
             self._round.last_reason, self._round.last_status = reason, http_status
-            self._round.failures.append(
-                {"stream": a.candidate.ref, "reason": str(reason), "http_status": http_status}
-            )
+            self._round.failures.append(ev.Failure(a.candidate.ref, str(reason), http_status))
             self._advance(now, out)
             self._choose(now, out)
         return out
@@ -454,15 +466,14 @@ class FailoverMachine:
         if was is not State.IDLE:
             out.append(
                 Log(
-                    "session_end",
-                    "info",
-                    self._fields(
+                    ev.SessionEnd(
+                        channel=self.channel,
                         from_stream=cur.candidate.ref if cur else None,
                         reason=reason,
                         duration_ms=round((now - self._started_at) * 1000, 1),
                         failovers=self.failovers,
                         upgrades=self.upgrades,
-                    ),
+                    )
                 )
             )
         return out
@@ -597,55 +608,67 @@ class FailoverMachine:
         self._last_data = now
         self._to(State.STREAMING)
         out.append(Switch(a.id, a.candidate))
-        common: dict[str, Any] = {"attempted": rnd.attempted}
-        if rnd.skipped:
-            common["skipped"] = rnd.skipped
-        if rnd.failures:
-            common["failures"] = rnd.failures
+        attempted, skipped, failures = tuple(rnd.attempted), tuple(rnd.skipped), tuple(rnd.failures)
         if rnd.kind == "start":
             out.append(
                 Log(
-                    "session_start",
-                    "info",
-                    self._fields(to_stream=a.candidate.ref, ttfb_ms=_ms(now - rnd.started_at), **common),
+                    ev.SessionStart(
+                        channel=self.channel,
+                        to_stream=a.candidate.ref,
+                        attempted=attempted,
+                        ttfb_ms=_ms(now - rnd.started_at),
+                        skipped=skipped,
+                        failures=failures,
+                    )
                 )
             )
         elif rnd.kind == "upgrade" and rnd.upgrade_target is not None:
             assert rnd.from_candidate is not None
-            won = a.candidate == rnd.upgrade_target
-            if won:
+            if a.candidate == rnd.upgrade_target:
                 self.upgrades += 1
-            out.append(
-                Log(
-                    "upgrade" if won else "upgrade_failed",
-                    "info",
-                    self._fields(
-                        from_stream=rnd.from_candidate.ref,
-                        to_stream=a.candidate.ref if won else rnd.upgrade_target.ref,
-                        reason="Upgrade" if won else str(rnd.last_reason or Reason.STREAM_ERROR),
-                        http_status=None if won else rnd.last_status,
-                        switch_ms=_ms(now - rnd.started_at),
-                        mode="break_before_make",
-                        **common,
-                    ),
+                up: ev.Event = ev.Upgrade(
+                    channel=self.channel,
+                    from_stream=rnd.from_candidate.ref,
+                    to_stream=a.candidate.ref,
+                    reason="Upgrade",
+                    attempted=attempted,
+                    switch_ms=_ms(now - rnd.started_at),
+                    mode="break_before_make",
+                    skipped=skipped,
+                    failures=failures,
                 )
-            )
+            else:
+                up = ev.UpgradeFailed(
+                    channel=self.channel,
+                    from_stream=rnd.from_candidate.ref,
+                    to_stream=rnd.upgrade_target.ref,
+                    reason=str(rnd.last_reason or Reason.STREAM_ERROR),
+                    attempted=attempted,
+                    http_status=rnd.last_status,
+                    switch_ms=_ms(now - rnd.started_at),
+                    mode="break_before_make",
+                    skipped=skipped,
+                    failures=failures,
+                )
+            out.append(Log(up, until_entry=isinstance(up, ev.SwitchEvent)))
         else:
             assert rnd.from_candidate is not None and rnd.reason is not None
             self.failovers += 1
             out.append(
                 Log(
-                    "failover",
-                    "warn",
-                    self._fields(
+                    ev.Failover(
+                        channel=self.channel,
                         from_stream=rnd.from_candidate.ref,
                         to_stream=a.candidate.ref,
                         reason=str(rnd.reason),
+                        attempted=attempted,
                         http_status=rnd.http_status,
                         switch_ms=_ms(now - rnd.detected_at),
-                        **({"held_retries": rnd.retries} if rnd.retries else {}),
-                        **common,
+                        held_retries=rnd.retries or None,
+                        skipped=skipped,
+                        failures=failures,
                     ),
+                    until_entry=True,
                 )
             )
         self._arm_upgrade(now)
@@ -663,18 +686,16 @@ class FailoverMachine:
         reason = rnd.reason or rnd.last_reason or Reason.CONNECTION_ERROR
         out.append(
             Log(
-                "exhausted",
-                "error",
-                self._fields(
+                ev.Exhausted(
+                    channel=self.channel,
                     from_stream=rnd.from_candidate.ref if rnd.from_candidate else None,
-                    to_stream=None,
                     reason=str(reason),
+                    attempted=tuple(rnd.attempted),
                     http_status=rnd.http_status if rnd.reason else rnd.last_status,
-                    attempted=rnd.attempted,
-                    skipped=rnd.skipped,
-                    failures=rnd.failures,
+                    skipped=tuple(rnd.skipped),
+                    failures=tuple(rnd.failures),
                     waited_ms=_ms(now - rnd.started_at),
-                ),
+                )
             )
         )
         out.append(Exhausted(started=started))
@@ -692,14 +713,13 @@ class FailoverMachine:
         if rnd.retries == 0:
             out.append(
                 Log(
-                    "holding",
-                    "warn",
-                    self._fields(
+                    ev.Holding(
+                        channel=self.channel,
                         from_stream=rnd.from_candidate.ref if rnd.from_candidate else None,
                         reason=str(rnd.reason),
-                        attempted=rnd.attempted,
+                        attempted=tuple(rnd.attempted),
                         hold_s=hold_s,
-                    ),
+                    )
                 )
             )
         self._to(State.HOLDING)
@@ -766,15 +786,14 @@ class FailoverMachine:
         self._upgrade = None
         out.append(
             Log(
-                "upgrade_failed",
-                "info",
-                self._fields(
+                ev.UpgradeFailed(
+                    channel=self.channel,
                     from_stream=cur.candidate.ref,
                     to_stream=up.attempted[0] if up.attempted else None,
                     reason=str(up.last_reason or Reason.STREAM_ERROR),
+                    attempted=tuple(up.attempted),
                     http_status=up.last_status,
-                    attempted=up.attempted,
-                ),
+                )
             )
         )
         self._arm_upgrade(now)
@@ -811,17 +830,17 @@ class FailoverMachine:
         out.append(Switch(a.id, a.candidate))
         out.append(
             Log(
-                "upgrade",
-                "info",
-                self._fields(
+                ev.Upgrade(
+                    channel=self.channel,
                     from_stream=cur.candidate.ref if cur else None,
                     to_stream=a.candidate.ref,
                     reason="Upgrade",
+                    attempted=tuple(up.attempted) if up else (a.candidate.ref,),
                     switch_ms=0.0,
                     probe_ms=_ms(now - a.opened_at),
-                    attempted=up.attempted if up else [a.candidate.ref],
                     mode="make_before_break",
                 ),
+                until_entry=True,
             )
         )
         self._arm_upgrade(now)
@@ -861,19 +880,6 @@ class FailoverMachine:
 
     def _cooling(self, c: Candidate, now: float) -> bool:
         return self.health.recently_failed(c.ref, now, self.policy.cooldown_s)
-
-    def _fields(self, **kw: Any) -> dict[str, Any]:
-        base: dict[str, Any] = {
-            "channel": self.channel,
-            "from_stream": None,
-            "to_stream": None,
-            "reason": None,
-            "attempted": [],
-            "http_status": None,
-            "switch_ms": None,
-        }
-        base.update((k, list(v) if isinstance(v, list) else v) for k, v in kw.items())  # a snapshot
-        return base
 
 
 def _ms(seconds: float) -> float:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from relay.config import Config
-from relay.core import http11
+from relay.core import events, http11
 from relay.core.failover import (
     Action,
     Candidate,
@@ -119,7 +119,7 @@ class ChannelSession:
         )
         self._ffmpeg = ffmpeg
         self._transcoders: dict[int, transcode.Transcoder] = {}  # attempt -> its re-encoder
-        self._held_log: tuple[Log, float] | None = None
+        self._held_log: tuple[events.SwitchEvent, float] | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._last_out = 0.0
         self._joining: set[int] = set()  # outputs waiting for a keyframe to start
@@ -189,9 +189,7 @@ class ChannelSession:
     def _drop_slow(self, out: Output, size: int, reason: str = "SlowClient") -> None:
         """A client fell too far behind the others, or stopped reading: drop it, free what it holds."""
         self.shared.events.emit(
-            "client_dropped",
-            "warn",
-            {"channel": self.channel, "peer": out.peer, "reason": reason, "buffered_bytes": size},
+            events.ClientDropped(channel=self.channel, peer=out.peer, reason=reason, buffered_bytes=size)
         )
         self.remove_output(out, reason)
         out.abort()
@@ -308,24 +306,20 @@ class ChannelSession:
     def _log(self, a: Log) -> None:
         """Emit an event; a switch's event waits until the backup's entry (its keyframe, whole) went
         out to the clients, so switch_ms is what a viewer waited."""
-        if a.event in ("failover", "upgrade") and not self.splicer.entry_sent:
+        if a.until_entry and not self.splicer.entry_sent:
             self._flush_held_log()
-            self._held_log = (a, self.shared.clock())
+            self._held_log = (a.what, self.shared.clock())
             return
-        self.shared.events.emit(a.event, a.level, a.fields)
+        self.shared.events.emit(a.what)
 
     def _flush_held_log(self, now: float | None = None) -> None:
         if self._held_log is None:
             return
-        a, switched_at = self._held_log
+        held, switched_at = self._held_log
         self._held_log = None
-        fields = dict(a.fields)
         if now is not None:
-            entry_ms = round((now - switched_at) * 1000, 1)
-            fields["keyframe_wait_ms"] = entry_ms
-            if fields.get("switch_ms") is not None:
-                fields["switch_ms"] = round(fields["switch_ms"] + entry_ms, 1)
-        self.shared.events.emit(a.event, a.level, fields)
+            held = held.entered(round((now - switched_at) * 1000, 1))
+        self.shared.events.emit(held)
 
     def _switch(self, att: UpstreamAttempt) -> None:
         """From the next whole packet on, relay `att`: the old one's partial packet never goes out."""
@@ -378,15 +372,12 @@ class ChannelSession:
         tx.write(views)
         cur = self.machine.current_candidate
         self.shared.events.emit(
-            "transcode",
-            "info",
-            {
-                "channel": self.channel,
-                "to_stream": cur.ref if cur else None,
-                "reason": "CodecChange",
-                "from_codecs": transcode.describe(have),
-                "to_codecs": transcode.describe(want),
-            },
+            events.Transcode(
+                channel=self.channel,
+                to_stream=cur.ref if cur else None,
+                from_codecs=transcode.describe(have),
+                to_codecs=transcode.describe(want),
+            )
         )
 
     def _transcoded(self, attempt: int, views: list[memoryview]) -> None:
