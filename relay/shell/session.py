@@ -35,6 +35,7 @@ from relay.core.failover import (
     Switch,
 )
 from relay.core.flow import FlowControl
+from relay.core.status import SessionStatus
 from relay.shell import transcode
 from relay.shell.upstream import UpstreamAttempt, tls_context
 from relay.storage.eventlog import EventLog
@@ -127,6 +128,24 @@ class ChannelSession:
         # upstream would start mid-GOP) instead of waiting for the next read
         self._recent: tuple[list[bytes | memoryview], int] | None = None
         self._stalls: dict[int, asyncio.TimerHandle] = {}  # paused outputs: when they get dropped
+
+    def status(self, now: float) -> SessionStatus:
+        """The session as /status, the metrics and the relay read it (`now` on the session's clock)."""
+        m = self.machine
+        return SessionStatus(
+            channel=self.channel,
+            state=m.state,
+            current=m.current_candidate,
+            upstreams=tuple(a.candidate.account for a in m.attempts.values()),
+            uptime_s=max(now - self.started_at, 1e-6),
+            clients=len(self.outputs),
+            peers=tuple(o.peer for o in self.outputs),
+            lingering=self.lingering,
+            bytes_out=self.bytes_out,
+            lag_s=self.splicer.lag_s,
+            failovers=m.failovers,
+            upgrades=m.upgrades,
+        )
 
     # ---- outputs ----------------------------------------------------------------------------
 
