@@ -104,8 +104,10 @@ class Exhausted:
 class Log:
     """An event to record (relay/core/events.py); `event`, `level`, `fields` read it as it is written.
 
-    `until_entry`: a switch's event, finished only once the new stream's entry went out (see
-    `entry_pending`)."""
+    `until_entry`: a switch's event (failover, upgrade). If the new stream's entry (its keyframe,
+    whole) has not gone out to the viewers when the shell carries this out, the shell hands it back
+    with `FailoverMachine.entry_pending` instead of recording it, and `entry_sent` returns it finished.
+    """
 
     what: ev.Event
     until_entry: bool = False
@@ -329,6 +331,7 @@ class FailoverMachine:
         self._started_at = 0.0
         self.failovers = 0
         self.upgrades = 0
+        self._awaiting: tuple[ev.SwitchEvent, float] | None = None  # a switch event, and when it waits since
 
     @property
     def state(self) -> State:
@@ -410,6 +413,35 @@ class FailoverMachine:
             return []
         return self.failed(self.current.id, reason, now)
 
+    def entry_pending(self, log: Log, now: float) -> list[Log]:
+        """The shell carried out the switch `log` announced, and the new stream's entry has not gone
+        out yet: the event waits for `entry_sent`. Returns the one that was waiting, unfinished."""
+        if not (log.until_entry and isinstance(log.what, ev.SwitchEvent)):
+            raise ValueError(f"{log.event} does not wait for an entry")
+        out = self._release_awaiting()
+        self._awaiting = (log.what, now)
+        return out
+
+    def entry_sent(self, now: float) -> list[Log]:
+        """The new stream's entry went out to the viewers at `now`: the waiting switch event, finished
+        (the wait counts in its switch_ms: what a viewer waited)."""
+        if self._awaiting is None:
+            return []
+        event, since = self._awaiting
+        self._awaiting = None
+        return [Log(event.entered(_ms(now - since)))]
+
+    @property
+    def awaiting_entry(self) -> bool:
+        return self._awaiting is not None
+
+    def _release_awaiting(self) -> list[Log]:
+        if self._awaiting is None:
+            return []
+        event, _ = self._awaiting
+        self._awaiting = None
+        return [Log(event)]
+
     def paused(self, now: float) -> None:
         """The client stopped reading, so the upstream is paused: silence is not a stall."""
         self._paused = True
@@ -476,6 +508,7 @@ class FailoverMachine:
                     )
                 )
             )
+        out += self._release_awaiting()  # a switch event still waiting goes out as it is, last
         return out
 
     def next_deadline(self) -> float | None:

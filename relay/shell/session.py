@@ -120,7 +120,6 @@ class ChannelSession:
         )
         self._ffmpeg = ffmpeg
         self._transcoders: dict[int, transcode.Transcoder] = {}  # attempt -> its re-encoder
-        self._held_log: tuple[events.SwitchEvent, float] | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._last_out = 0.0
         self._joining: set[int] = set()  # outputs waiting for a keyframe to start
@@ -241,7 +240,6 @@ class ChannelSession:
 
     def _end(self) -> None:
         self.ended = True
-        self._flush_held_log()
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
@@ -323,22 +321,16 @@ class ChannelSession:
             self._arm()
 
     def _log(self, a: Log) -> None:
-        """Emit an event; a switch's event waits until the backup's entry (its keyframe, whole) went
-        out to the clients, so switch_ms is what a viewer waited."""
+        """Record an event; a switch's event whose entry has not gone out yet goes back to the
+        machine, which gives it back finished from `entry_sent`."""
         if a.until_entry and not self.splicer.entry_sent:
-            self._flush_held_log()
-            self._held_log = (a.what, self.shared.clock())
-            return
-        self.shared.events.emit(a.what)
+            self._record(self.machine.entry_pending(a, self.shared.clock()))
+        else:
+            self.shared.events.emit(a.what)
 
-    def _flush_held_log(self, now: float | None = None) -> None:
-        if self._held_log is None:
-            return
-        held, switched_at = self._held_log
-        self._held_log = None
-        if now is not None:
-            held = held.entered(round((now - switched_at) * 1000, 1))
-        self.shared.events.emit(held)
+    def _record(self, logs: list[Log]) -> None:
+        for log in logs:
+            self.shared.events.emit(log.what)
 
     def _switch(self, att: UpstreamAttempt) -> None:
         """From the next whole packet on, relay `att`: the old one's partial packet never goes out."""
@@ -372,8 +364,8 @@ class ChannelSession:
         """The splice let `out` go; a held switch event goes with the backup's entry."""
         self._last_out = now
         self._write(out)
-        if self._held_log is not None and self.splicer.entry_sent:
-            self._flush_held_log(now)
+        if self.machine.awaiting_entry and self.splicer.entry_sent:
+            self._record(self.machine.entry_sent(now))
 
     def _start_transcoder(self, attempt: int, views: list[memoryview], now: float) -> None:
         """The current upstream brings other codecs: from here on its bytes go through ffmpeg."""
