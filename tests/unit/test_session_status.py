@@ -76,7 +76,7 @@ async def test_given_a_session_on_its_backup_then_the_status_says_what_it_holds(
     m.packets(2, 100.2)
     for peer in ("10.0.0.1:1", "10.0.0.2:2"):
         session.add_output(FakeOutput(peer))  # type: ignore[arg-type]
-    session.bytes_out = 1_000_000
+    session.outputs.write([memoryview(bytes(1_000_000))])  # what the splice let go, to both
     st = session.status(110.0)
     assert isinstance(st, SessionStatus)
     assert (st.channel, st.state, st.current.ref if st.current else None) == ("ch1", State.STREAMING, "b/2")
@@ -100,7 +100,7 @@ async def test_metrics_status_reads_only_the_status(session: ChannelSession):
     m.start(100.0)
     m.packets(1, 100.05)
     session.add_output(FakeOutput("10.0.0.1:1"))  # type: ignore[arg-type]
-    session.bytes_out = 4000
+    session.outputs.write([memoryview(bytes(4000))])
     metrics = Metrics(lambda now: [session.status(now)], lambda: session.shared.slots, clock=lambda: 102.0)
     row = metrics.status()["sessions"][0]
     assert row == {
