@@ -7,6 +7,7 @@ raises ConfigError with one line naming the key and the problem.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -69,16 +70,9 @@ class FailoverConfig(_Model):
     no_video_s: float = Field(3.0, gt=0)  # video silent this long while audio flows = NoVideo failure
 
     def policy(self) -> FailoverPolicy:
-        """The plain value the sans-IO failover machine takes (it never sees pydantic)."""
-        return FailoverPolicy(
-            connect_timeout_s=self.connect_timeout_s,
-            stall_timeout_s=self.stall_timeout_s,
-            budget_s=self.budget_s,
-            upgrade_after_s=self.upgrade_after_s,
-            cooldown_s=self.cooldown_s,
-            hedge_delay_s=self.hedge_delay_s,
-            hold_s=self.hold_s,
-        )
+        """The plain value the sans-IO failover machine takes (it never sees pydantic); its fields
+        are named as the keys here."""
+        return FailoverPolicy(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FailoverPolicy)})
 
 
 class AccountConfig(_Model):
