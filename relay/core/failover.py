@@ -31,6 +31,14 @@ The rules, in one place:
   oldest, i.e. the stream we are protecting): a candidate on a full account waits or is skipped.
 - Every switch starts the new stream with fresh health state; only the per-stream failure time
   survives, in the shared HealthMemory.
+- A switch's event (failover, upgrade) is finished only when the shell reports that the new
+  stream's entry keyframe went out (`entry_pending`, `entry_sent`), so switch_ms is what a viewer
+  waited.
+
+Where things are: the states move only along `_ALLOWED` (one table, `_to` raises on any other
+move); every timer is one entry of `_deadlines()`, which feeds both `tick` and `next_deadline`; the
+events are typed in relay/core/events.py, the timings come in as a FailoverPolicy. It is one module
+(~930 lines) because rounds, holds and upgrades share the attempts, the slots and the state.
 """
 
 from __future__ import annotations
