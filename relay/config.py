@@ -7,6 +7,7 @@ raises ConfigError with one line naming the key and the problem.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from relay.core.policy import FailoverPolicy
 
 DEFAULT_USER_AGENT = "VLC/3.0.20 LibVLC/3.0.20"  # some panels block library user agents
 
@@ -68,6 +71,11 @@ class FailoverConfig(_Model):
     # HLS: a master playlist's variant with the highest BANDWIDTH up to this (bits/s); None = the best
     hls_max_bandwidth: int | None = Field(None, ge=1)
     hls_live_edge: float = Field(3.0, ge=1)  # HLS: start this many target durations before the end (RFC)
+
+    def policy(self) -> FailoverPolicy:
+        """The plain value the sans-IO failover machine takes (it never sees pydantic); its fields
+        are named as the keys here."""
+        return FailoverPolicy(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FailoverPolicy)})
 
 
 class AccountConfig(_Model):

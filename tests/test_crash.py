@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import yaml
 
+from relay.core.events import SessionStart
 from relay.storage.eventlog import EventLog
 from tests import fake_provider as fp
 from tests.fake_provider import FakeProvider
@@ -138,7 +139,7 @@ async def test_given_torn_tail_and_rows_missing_from_sqlite_when_log_opens_then_
     # Given what a crash can leave: the last whole line not yet in SQLite, and a torn line after it
     log = EventLog(jsonl, db)
     await log.open()
-    first = [log.emit("session_start", "info", {"channel": f"ch{i}", "to_stream": "a/1"}) for i in range(3)]
+    first = [log.emit(SessionStart(channel=f"ch{i}", to_stream="a/1", ttfb_ms=1.0)) for i in range(3)]
     await log.close()
     conn = sqlite3.connect(db)
     conn.execute("DELETE FROM event_log WHERE event_id = ?", (first[-1]["event_id"],))
@@ -151,7 +152,7 @@ async def test_given_torn_tail_and_rows_missing_from_sqlite_when_log_opens_then_
     # When the relay opens its event log at start, and writes a new event
     log = EventLog(jsonl, db)
     await log.open()
-    new = log.emit("session_start", "info", {"channel": "ch9", "to_stream": "b/2"})
+    new = log.emit(SessionStart(channel="ch9", to_stream="b/2", ttfb_ms=1.0))
     await log.close()
 
     # Then the torn line stands alone, the new event is whole, and SQLite has every event of the file

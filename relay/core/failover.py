@@ -31,6 +31,14 @@ The rules, in one place:
   oldest, i.e. the stream we are protecting): a candidate on a full account waits or is skipped.
 - Every switch starts the new stream with fresh health state; only the per-stream failure time
   survives, in the shared HealthMemory.
+- A switch's event (failover, upgrade) is finished only when the shell reports that the new
+  stream's entry keyframe went out (`entry_pending`, `entry_sent`), so switch_ms is what a viewer
+  waited.
+
+Where things are: the states move only along `_ALLOWED` (one table, `_to` raises on any other
+move); every timer is one entry of `_deadlines()`, which feeds both `tick` and `next_deadline`; the
+events are typed in relay/core/events.py, the timings come in as a FailoverPolicy. It is one module
+(~930 lines) because rounds, holds and upgrades share the attempts, the slots and the state.
 """
 
 from __future__ import annotations
@@ -38,9 +46,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from relay.config import FailoverConfig
+from relay.core import events as ev
+from relay.core.policy import FailoverPolicy
 
 
 class Reason(enum.StrEnum):
@@ -102,11 +110,27 @@ class Exhausted:
 
 @dataclass(frozen=True)
 class Log:
-    """An event to record. `fields` match the event schema in relay/events.py."""
+    """An event to record (relay/core/events.py); `event`, `level`, `fields` read it as it is written.
 
-    event: str
-    level: str
-    fields: dict[str, Any]
+    `until_entry`: a switch's event (failover, upgrade). If the new stream's entry (its keyframe,
+    whole) has not gone out to the viewers when the shell carries this out, the shell hands it back
+    with `FailoverMachine.entry_pending` instead of recording it, and `entry_sent` returns it finished.
+    """
+
+    what: ev.Event
+    until_entry: bool = False
+
+    @property
+    def event(self) -> str:
+        return self.what.kind
+
+    @property
+    def level(self) -> str:
+        return self.what.level
+
+    @property
+    def fields(self) -> dict[str, object]:
+        return self.what.fields()
 
 
 Action = Open | Close | Switch | Exhausted | Log
@@ -182,6 +206,62 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+# Every move the machine may make; `FailoverMachine._to` raises IllegalTransition on any other.
+_ALLOWED: dict[State, frozenset[State]] = {
+    State.IDLE: frozenset({State.STARTING, State.CLOSED}),  # start(); close() before start
+    State.STARTING: frozenset(
+        {
+            State.STREAMING,  # the start round found a stream
+            State.EXHAUSTED,  # every candidate failed before anything was sent
+            State.CLOSED,
+        }
+    ),
+    State.STREAMING: frozenset(
+        {
+            State.FAILING_OVER,  # the current stream failed, or a break-before-make upgrade gave it up
+            State.CLOSED,
+        }
+    ),
+    State.FAILING_OVER: frozenset(
+        {
+            State.STREAMING,  # the round found a stream (a backup, the upgrade target, or the old one)
+            State.HOLDING,  # the round found nothing and hold_s allows a retry
+            State.EXHAUSTED,  # the round found nothing within budget_s (or the hold ran out)
+            State.CLOSED,
+        }
+    ),
+    State.HOLDING: frozenset({State.FAILING_OVER, State.CLOSED}),  # the back-off retry; close()
+    State.EXHAUSTED: frozenset({State.CLOSED}),  # the shell ends the session
+    State.CLOSED: frozenset(),
+}
+_INACTIVE = frozenset({State.IDLE, State.EXHAUSTED, State.CLOSED})  # no deadlines, tick does nothing
+
+
+class IllegalTransition(RuntimeError):
+    """A move the table does not allow: a bug in the machine, never user input."""
+
+
+class _Due(enum.Enum):
+    """What a deadline is for; the attempt deadlines carry the Reason the attempt fails with."""
+
+    STALL = "stall"  # the current stream: no bytes for stall_timeout_s
+    CONNECT = "connect"  # an attempt: no response head within connect_timeout_s
+    BODY = "body"  # an attempt: a head but no packets for stall_timeout_s
+    RETRY = "retry"  # holding: the next back-off retry
+    BUDGET = "budget"  # a round's budget_s ran out
+    PREFER = "prefer"  # a start round: a ready lower candidate stops waiting for a better one
+    HEDGE = "hedge"  # a round: the next candidate opens
+    UPGRADE = "upgrade"  # upgrade_after_s on a lower-priority stream passed
+
+
+_ATTEMPT_REASON = {
+    _Due.STALL: Reason.STREAM_STALL,
+    _Due.CONNECT: Reason.CONNECTION_TIMEOUT,
+    _Due.BODY: Reason.STREAM_STALL,
+}
+_ROUND_DUES = frozenset({_Due.BUDGET, _Due.PREFER, _Due.HEDGE})
+
+
 @dataclass
 class _Attempt:
     id: int
@@ -190,6 +270,14 @@ class _Attempt:
     head_at: float | None = None
     ready_at: float | None = None
     probe: bool = False
+
+    def deadline(self, policy: FailoverPolicy) -> tuple[float, _Due] | None:
+        """When this (not current) attempt fails unless it gets further, and why."""
+        if self.head_at is None:
+            return self.opened_at + policy.connect_timeout_s, _Due.CONNECT
+        if self.ready_at is None:
+            return self.head_at + policy.stall_timeout_s, _Due.BODY
+        return None
 
 
 @dataclass
@@ -205,7 +293,7 @@ class _Round:
     upgrade_target: Candidate | None = None
     attempted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)  # each candidate that failed, and why
+    failures: list[ev.Failure] = field(default_factory=list)  # each candidate that failed, and why
     next_open_at: float = 0.0
     last_status: int | None = None
     last_reason: Reason | None = None
@@ -228,7 +316,7 @@ class FailoverMachine:
         self,
         channel: str,
         candidates: Sequence[Candidate],
-        policy: FailoverConfig,
+        policy: FailoverPolicy,
         health: HealthMemory,
         slots: Slots,
     ) -> None:
@@ -237,7 +325,7 @@ class FailoverMachine:
         self.policy = policy
         self.health = health
         self.slots = slots
-        self.state = State.IDLE
+        self._state = State.IDLE
         self.attempts: dict[int, _Attempt] = {}
         self.current: _Attempt | None = None
         self._round: _Round | None = None
@@ -251,15 +339,26 @@ class FailoverMachine:
         self._started_at = 0.0
         self.failovers = 0
         self.upgrades = 0
+        self._awaiting: tuple[ev.SwitchEvent, float] | None = None  # a switch event, and when it waits since
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def _to(self, state: State) -> None:
+        """The one place the state changes: only along the _ALLOWED table."""
+        if state not in _ALLOWED[self._state]:
+            raise IllegalTransition(f"{self.channel}: {self._state.name} -> {state.name}")
+        self._state = state
 
     # ---- inputs -----------------------------------------------------------------------------
 
     def start(self, now: float) -> list[Action]:
         """Begin the session: the first round, healthy candidates first."""
-        if self.state is not State.IDLE:
+        if self._state is not State.IDLE:
             raise RuntimeError("start() called twice")
         self._started_at = now
-        self.state = State.STARTING
+        self._to(State.STARTING)
         healthy = [c for c in self.candidates if not self._cooling(c, now)]
         cooling = [c for c in self.candidates if self._cooling(c, now)]
         self._round = _Round("start", healthy + cooling, now, None, prefer_priority=True)
@@ -311,9 +410,7 @@ class FailoverMachine:
             self._probe_failed(a, reason, http_status, now, out)
         elif self._round is not None:
             self._round.last_reason, self._round.last_status = reason, http_status
-            self._round.failures.append(
-                {"stream": a.candidate.ref, "reason": str(reason), "http_status": http_status}
-            )
+            self._round.failures.append(ev.Failure(a.candidate.ref, str(reason), http_status))
             self._advance(now, out)
             self._choose(now, out)
         return out
@@ -324,6 +421,35 @@ class FailoverMachine:
             return []
         return self.failed(self.current.id, reason, now)
 
+    def entry_pending(self, log: Log, now: float) -> list[Log]:
+        """The shell carried out the switch `log` announced, and the new stream's entry has not gone
+        out yet: the event waits for `entry_sent`. Returns the one that was waiting, unfinished."""
+        if not (log.until_entry and isinstance(log.what, ev.SwitchEvent)):
+            raise ValueError(f"{log.event} does not wait for an entry")
+        out = self._release_awaiting()
+        self._awaiting = (log.what, now)
+        return out
+
+    def entry_sent(self, now: float) -> list[Log]:
+        """The new stream's entry went out to the viewers at `now`: the waiting switch event, finished
+        (the wait counts in its switch_ms: what a viewer waited)."""
+        if self._awaiting is None:
+            return []
+        event, since = self._awaiting
+        self._awaiting = None
+        return [Log(event.entered(_ms(now - since)))]
+
+    @property
+    def awaiting_entry(self) -> bool:
+        return self._awaiting is not None
+
+    def _release_awaiting(self) -> list[Log]:
+        if self._awaiting is None:
+            return []
+        event, _ = self._awaiting
+        self._awaiting = None
+        return [Log(event)]
+
     def paused(self, now: float) -> None:
         """The client stopped reading, so the upstream is paused: silence is not a stall."""
         self._paused = True
@@ -333,97 +459,96 @@ class FailoverMachine:
         self._last_data = max(self._last_data, now)
 
     def tick(self, now: float) -> list[Action]:
-        """Act on every deadline that has passed."""
+        """Act on every deadline that has passed: the ones `next_deadline` reported, in one list."""
         out: list[Action] = []
-        if self.state in (State.CLOSED, State.EXHAUSTED, State.IDLE):
+        if self._state in _INACTIVE:
             return out
-        cur = self.current
-        if cur is not None and not self._paused and now - self._last_data >= self.policy.stall_timeout_s:
-            out += self.failed(cur.id, Reason.STREAM_STALL, now)
-        for a in list(self.attempts.values()):
-            if a is self.current or a.id not in self.attempts:
+        round_checked = False
+        # each due one is checked against the state again: acting on an earlier one may have moved it
+        for when, due, attempt in self._deadlines():
+            if when > now:
                 continue
-            if a.head_at is None and now - a.opened_at >= self.policy.connect_timeout_s:
-                out += self.failed(a.id, Reason.CONNECTION_TIMEOUT, now)
+            if due in _ATTEMPT_REASON:
+                a = self.attempts.get(attempt) if attempt is not None else None
+                if a is not None and (a is self.current) == (due is _Due.STALL):
+                    out += self.failed(a.id, _ATTEMPT_REASON[due], now)
+            elif due is _Due.RETRY and self._retry_at is not None and now >= self._retry_at:
+                self._retry(now, out)
+            elif due in _ROUND_DUES and not round_checked and (rnd := self._round) is not None:
+                round_checked = True
+                if rnd.deadline is not None and now >= rnd.deadline:
+                    self._exhaust(now, out)
+                else:
+                    self._advance(now, out)
+                    self._choose(now, out)
             elif (
-                a.ready_at is None
-                and a.head_at is not None
-                and now - a.head_at >= self.policy.stall_timeout_s
+                due is _Due.UPGRADE
+                and self._round is None
+                and self._upgrade_at is not None
+                and now >= self._upgrade_at
             ):
-                out += self.failed(a.id, Reason.STREAM_STALL, now)
-        if self._retry_at is not None and now >= self._retry_at:
-            self._retry(now, out)
-        rnd = self._round
-        if rnd is not None:
-            if rnd.deadline is not None and now >= rnd.deadline:
-                self._exhaust(now, out)
-            else:
-                self._advance(now, out)
-                self._choose(now, out)
-        if self._upgrade_at is not None and now >= self._upgrade_at and self._round is None:
-            self._begin_upgrade(now, out)
+                self._begin_upgrade(now, out)
         return out
 
     def close(self, now: float, reason: str) -> list[Action]:
         """The session ends (client gone, shutdown): close everything, log session_end."""
-        if self.state is State.CLOSED:
+        if self._state is State.CLOSED:
             return []
         out: list[Action] = []
         cur = self.current
         for a in list(self.attempts.values()):
             self._drop(a, now, out, failed=False)
-        was = self.state
-        self.state = State.CLOSED
+        was = self._state
+        self._to(State.CLOSED)
         self._round = self._upgrade = self._held = None
         self._upgrade_at = self._retry_at = None
         self.current = None
         if was is not State.IDLE:
             out.append(
                 Log(
-                    "session_end",
-                    "info",
-                    self._fields(
+                    ev.SessionEnd(
+                        channel=self.channel,
                         from_stream=cur.candidate.ref if cur else None,
                         reason=reason,
                         duration_ms=round((now - self._started_at) * 1000, 1),
                         failovers=self.failovers,
                         upgrades=self.upgrades,
-                    ),
+                    )
                 )
             )
+        out += self._release_awaiting()  # a switch event still waiting goes out as it is, last
         return out
 
     def next_deadline(self) -> float | None:
         """The earliest time tick() has something to do, for the shell's single timer."""
-        if self.state in (State.CLOSED, State.EXHAUSTED, State.IDLE):
+        if self._state in _INACTIVE:
             return None
+        return min((when for when, _, _ in self._deadlines()), default=None)
+
+    def _deadlines(self) -> list[tuple[float, _Due, int | None]]:
+        """Every deadline pending now, as (when, what, attempt), in the order tick acts on them."""
         p = self.policy
-        times: list[float] = []
-        if self.current is not None and not self._paused:
-            times.append(self._last_data + p.stall_timeout_s)
+        out: list[tuple[float, _Due, int | None]] = []
+        cur = self.current
+        if cur is not None and not self._paused:
+            out.append((self._last_data + p.stall_timeout_s, _Due.STALL, cur.id))
         for a in self.attempts.values():
-            if a is self.current:
-                continue
-            if a.head_at is None:
-                times.append(a.opened_at + p.connect_timeout_s)
-            elif a.ready_at is None:
-                times.append(a.head_at + p.stall_timeout_s)
+            if a is not cur and (d := a.deadline(p)) is not None:
+                out.append((d[0], d[1], a.id))
+        if self._retry_at is not None:
+            out.append((self._retry_at, _Due.RETRY, None))
         rnd = self._round
         if rnd is not None:
             if rnd.deadline is not None:
-                times.append(rnd.deadline)
-            ready = [
-                a.ready_at for a in self.attempts.values() if a.ready_at is not None and a is not self.current
-            ]
+                out.append((rnd.deadline, _Due.BUDGET, None))
+            ready = [a.ready_at for a in self.attempts.values() if a.ready_at is not None and a is not cur]
             if rnd.prefer_priority and ready:
-                times.append(min(ready) + p.connect_timeout_s)
+                out.append((min(ready) + p.connect_timeout_s, _Due.PREFER, None))
             if rnd.queue:
-                times.append(rnd.next_open_at)
+                out.append((rnd.next_open_at, _Due.HEDGE, None))
         if self._upgrade_at is not None:
-            times.append(self._upgrade_at)
-        if self._retry_at is not None:
-            times.append(self._retry_at)
-        return min(times) if times else None
+            out.append((self._upgrade_at, _Due.UPGRADE, None))
+        return out
 
     @property
     def current_candidate(self) -> Candidate | None:
@@ -435,7 +560,7 @@ class FailoverMachine:
         self, failed: Candidate, reason: Reason, status: int | None, now: float, out: list[Action]
     ) -> None:
         self._cancel_upgrade(now, out)
-        self.state = State.FAILING_OVER
+        self._to(State.FAILING_OVER)
         others = [c for c in self.candidates if c != failed]
         healthy = [c for c in others if not self._cooling(c, now)]
         cooling = [c for c in others if self._cooling(c, now)]
@@ -522,57 +647,69 @@ class FailoverMachine:
         self.current = a
         self._round = None
         self._last_data = now
-        self.state = State.STREAMING
+        self._to(State.STREAMING)
         out.append(Switch(a.id, a.candidate))
-        common: dict[str, Any] = {"attempted": rnd.attempted}
-        if rnd.skipped:
-            common["skipped"] = rnd.skipped
-        if rnd.failures:
-            common["failures"] = rnd.failures
+        attempted, skipped, failures = tuple(rnd.attempted), tuple(rnd.skipped), tuple(rnd.failures)
         if rnd.kind == "start":
             out.append(
                 Log(
-                    "session_start",
-                    "info",
-                    self._fields(to_stream=a.candidate.ref, ttfb_ms=_ms(now - rnd.started_at), **common),
+                    ev.SessionStart(
+                        channel=self.channel,
+                        to_stream=a.candidate.ref,
+                        attempted=attempted,
+                        ttfb_ms=_ms(now - rnd.started_at),
+                        skipped=skipped,
+                        failures=failures,
+                    )
                 )
             )
         elif rnd.kind == "upgrade" and rnd.upgrade_target is not None:
             assert rnd.from_candidate is not None
-            won = a.candidate == rnd.upgrade_target
-            if won:
+            if a.candidate == rnd.upgrade_target:
                 self.upgrades += 1
-            out.append(
-                Log(
-                    "upgrade" if won else "upgrade_failed",
-                    "info",
-                    self._fields(
-                        from_stream=rnd.from_candidate.ref,
-                        to_stream=a.candidate.ref if won else rnd.upgrade_target.ref,
-                        reason="Upgrade" if won else str(rnd.last_reason or Reason.STREAM_ERROR),
-                        http_status=None if won else rnd.last_status,
-                        switch_ms=_ms(now - rnd.started_at),
-                        mode="break_before_make",
-                        **common,
-                    ),
+                up: ev.Event = ev.Upgrade(
+                    channel=self.channel,
+                    from_stream=rnd.from_candidate.ref,
+                    to_stream=a.candidate.ref,
+                    reason="Upgrade",
+                    attempted=attempted,
+                    switch_ms=_ms(now - rnd.started_at),
+                    mode="break_before_make",
+                    skipped=skipped,
+                    failures=failures,
                 )
-            )
+            else:
+                up = ev.UpgradeFailed(
+                    channel=self.channel,
+                    from_stream=rnd.from_candidate.ref,
+                    to_stream=rnd.upgrade_target.ref,
+                    reason=str(rnd.last_reason or Reason.STREAM_ERROR),
+                    attempted=attempted,
+                    http_status=rnd.last_status,
+                    switch_ms=_ms(now - rnd.started_at),
+                    mode="break_before_make",
+                    skipped=skipped,
+                    failures=failures,
+                )
+            out.append(Log(up, until_entry=isinstance(up, ev.SwitchEvent)))
         else:
             assert rnd.from_candidate is not None and rnd.reason is not None
             self.failovers += 1
             out.append(
                 Log(
-                    "failover",
-                    "warn",
-                    self._fields(
+                    ev.Failover(
+                        channel=self.channel,
                         from_stream=rnd.from_candidate.ref,
                         to_stream=a.candidate.ref,
                         reason=str(rnd.reason),
+                        attempted=attempted,
                         http_status=rnd.http_status,
                         switch_ms=_ms(now - rnd.detected_at),
-                        **({"held_retries": rnd.retries} if rnd.retries else {}),
-                        **common,
+                        held_retries=rnd.retries or None,
+                        skipped=skipped,
+                        failures=failures,
                     ),
+                    until_entry=True,
                 )
             )
         self._arm_upgrade(now)
@@ -586,22 +723,20 @@ class FailoverMachine:
         if self._hold(rnd, now, out):
             return
         started = rnd.kind != "start"
-        self.state = State.EXHAUSTED
+        self._to(State.EXHAUSTED)
         reason = rnd.reason or rnd.last_reason or Reason.CONNECTION_ERROR
         out.append(
             Log(
-                "exhausted",
-                "error",
-                self._fields(
+                ev.Exhausted(
+                    channel=self.channel,
                     from_stream=rnd.from_candidate.ref if rnd.from_candidate else None,
-                    to_stream=None,
                     reason=str(reason),
+                    attempted=tuple(rnd.attempted),
                     http_status=rnd.http_status if rnd.reason else rnd.last_status,
-                    attempted=rnd.attempted,
-                    skipped=rnd.skipped,
-                    failures=rnd.failures,
+                    skipped=tuple(rnd.skipped),
+                    failures=tuple(rnd.failures),
                     waited_ms=_ms(now - rnd.started_at),
-                ),
+                )
             )
         )
         out.append(Exhausted(started=started))
@@ -619,17 +754,16 @@ class FailoverMachine:
         if rnd.retries == 0:
             out.append(
                 Log(
-                    "holding",
-                    "warn",
-                    self._fields(
+                    ev.Holding(
+                        channel=self.channel,
                         from_stream=rnd.from_candidate.ref if rnd.from_candidate else None,
                         reason=str(rnd.reason),
-                        attempted=rnd.attempted,
+                        attempted=tuple(rnd.attempted),
                         hold_s=hold_s,
-                    ),
+                    )
                 )
             )
-        self.state = State.HOLDING
+        self._to(State.HOLDING)
         self._held = rnd
         self._retry_at = now + backoff
         return True
@@ -640,7 +774,7 @@ class FailoverMachine:
         self._held = None
         if held is None:
             return
-        self.state = State.FAILING_OVER
+        self._to(State.FAILING_OVER)
         healthy = [c for c in self.candidates if not self._cooling(c, now)]
         cooling = [c for c in self.candidates if self._cooling(c, now)]
         self._round = _Round(
@@ -693,15 +827,14 @@ class FailoverMachine:
         self._upgrade = None
         out.append(
             Log(
-                "upgrade_failed",
-                "info",
-                self._fields(
+                ev.UpgradeFailed(
+                    channel=self.channel,
                     from_stream=cur.candidate.ref,
                     to_stream=up.attempted[0] if up.attempted else None,
                     reason=str(up.last_reason or Reason.STREAM_ERROR),
+                    attempted=tuple(up.attempted),
                     http_status=up.last_status,
-                    attempted=up.attempted,
-                ),
+                )
             )
         )
         self._arm_upgrade(now)
@@ -713,7 +846,7 @@ class FailoverMachine:
         self._upgrade = None
         self._drop(cur, now, out, failed=False)
         self.current = None
-        self.state = State.FAILING_OVER
+        self._to(State.FAILING_OVER)
         self._round = _Round(
             "upgrade",
             [target, cur.candidate] + [c for c in self.candidates if c not in (target, cur.candidate)],
@@ -738,17 +871,17 @@ class FailoverMachine:
         out.append(Switch(a.id, a.candidate))
         out.append(
             Log(
-                "upgrade",
-                "info",
-                self._fields(
+                ev.Upgrade(
+                    channel=self.channel,
                     from_stream=cur.candidate.ref if cur else None,
                     to_stream=a.candidate.ref,
                     reason="Upgrade",
+                    attempted=tuple(up.attempted) if up else (a.candidate.ref,),
                     switch_ms=0.0,
                     probe_ms=_ms(now - a.opened_at),
-                    attempted=up.attempted if up else [a.candidate.ref],
                     mode="make_before_break",
                 ),
+                until_entry=True,
             )
         )
         self._arm_upgrade(now)
@@ -788,19 +921,6 @@ class FailoverMachine:
 
     def _cooling(self, c: Candidate, now: float) -> bool:
         return self.health.recently_failed(c.ref, now, self.policy.cooldown_s)
-
-    def _fields(self, **kw: Any) -> dict[str, Any]:
-        base: dict[str, Any] = {
-            "channel": self.channel,
-            "from_stream": None,
-            "to_stream": None,
-            "reason": None,
-            "attempted": [],
-            "http_status": None,
-            "switch_ms": None,
-        }
-        base.update((k, list(v) if isinstance(v, list) else v) for k, v in kw.items())  # a snapshot
-        return base
 
 
 def _ms(seconds: float) -> float:

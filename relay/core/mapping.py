@@ -26,8 +26,19 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from relay.storage.store import StreamRow
+
+class StreamRow(NamedTuple):
+    """An imported provider stream (`xtream_channels` joined with its account); the store reads them."""
+
+    key: int  # xtream_channels.id
+    account: str
+    stream_id: int
+    name: str | None
+    epg_channel_id: str | None
+    category: str | None
+
 
 QUALITY_ORDER = ("4K", "FHD", "HD", "", "SD")  # best first; "" = the name does not say
 _QUALITY_TOKENS = {

@@ -59,7 +59,10 @@ class Relay:
         self.discovery: list[Any] = []
         self._reconciler: asyncio.TimerHandle | None = None
         self.sync_task: asyncio.Task[None] | None = None  # relay.sources.sync: accounts and guide channels
-        self.metrics = Metrics(lambda: self.sessions, lambda: self.shared.slots if self.shared else None)
+        self.metrics = Metrics(
+            lambda now: [s.status(now) for s in self.sessions],
+            lambda: self.shared.slots if self.shared else None,
+        )
         self.notifier = Notifier([n.url for n in cfg.notify])
         self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h, channels=lambda: self.channels)
         get = ("GET", "HEAD")
@@ -174,9 +177,10 @@ class Relay:
         if self.shared is None:
             return
         open_now: dict[str, int] = {}
+        now = self.shared.clock()
         for s in self.sessions:
-            for a in s.machine.attempts.values():
-                open_now[a.candidate.account] = open_now.get(a.candidate.account, 0) + 1
+            for account in s.status(now).upstreams:
+                open_now[account] = open_now.get(account, 0) + 1
         drift = self.shared.slots.reconcile(open_now, active_cons)
         if drift:
             log.warning("slots: ledger was off by %s; set to the connections open now", drift)
@@ -327,7 +331,7 @@ class Relay:
         proto.streaming = True
         proto.session = session
         session.add_output(proto)
-        if session.machine.state is State.IDLE:
+        if session.status(session.shared.clock()).state is State.IDLE:
             session.start()
 
     def _new_session(self, channel: str, peer: str) -> ChannelSession | None:
@@ -354,16 +358,18 @@ class Relay:
         slots = self.shared.slots
         if not accounts or any(slots.free(a) > 0 for a in accounts):
             return
-        lingering = [s for s in self.sessions if s.lingering]
-        same_client = [s for s in self.sessions if s.outputs and all(o.peer == peer for o in s.outputs)]
+        now = self.shared.clock()
+        status = {s: s.status(now) for s in self.sessions}
+        lingering = [s for s, st in status.items() if st.lingering]
+        same_client = [s for s, st in status.items() if st.peers and all(p == peer for p in st.peers)]
         for victim in (*lingering, *same_client):
-            cur = victim.machine.current_candidate
+            cur = status[victim].current
             if cur is not None and cur.account in accounts:
                 victim.close("Reclaimed")
                 return
 
     def _session_ended(self, session: ChannelSession) -> None:
-        self.metrics.session_ended(session)
+        self.metrics.session_ended(session.status(session.shared.clock()))
         self.sessions.discard(session)
         if self.by_channel.get(session.channel) is session:
             del self.by_channel[session.channel]

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from relay.core.failover import Slots
-    from relay.shell.session import ChannelSession
+    from relay.core.status import SessionStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SWITCH_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
@@ -25,7 +25,7 @@ SWITCH_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 class Metrics:
     def __init__(
         self,
-        sessions: Callable[[], Iterable[ChannelSession]],
+        sessions: Callable[[float], Iterable[SessionStatus]],
         slots: Callable[[], Slots | None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -77,32 +77,30 @@ class Metrics:
         elif name == "hls_skipped":
             self.hls_skipped.inc(e.get("skipped_segments") or 0)
 
-    def session_ended(self, s: ChannelSession) -> None:
+    def session_ended(self, s: SessionStatus) -> None:
         self.ended_bytes += s.bytes_out
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
     def status(self) -> dict[str, Any]:
-        now = self._clock()
         out = []
-        for s in sorted(self._sessions(), key=lambda s: s.channel):
-            cur = s.machine.current_candidate
-            up = max(now - s.started_at, 1e-6)
+        for s in sorted(self._sessions(self._clock()), key=lambda s: s.channel):
+            cur = s.current
             out.append(
                 {
                     "channel": s.channel,
                     "stream": cur.ref if cur else None,
                     "account": cur.account if cur else None,
                     "priority": cur.priority if cur else None,
-                    "state": s.machine.state.value,
-                    "uptime_s": round(up, 1),
-                    "clients": len(s.outputs),
+                    "state": s.state.value,
+                    "uptime_s": round(s.uptime_s, 1),
+                    "clients": s.clients,
                     "lingering": s.lingering,
-                    "bitrate_kbps": round(s.bytes_out * 8 / up / 1000, 1),
+                    "bitrate_kbps": round(s.bitrate_kbps, 1),
                     "bytes": s.bytes_out,
-                    "lag_ms": round(s.splicer.lag_s * 1000, 1),  # the frame hold's delay behind the provider
-                    "failovers": s.machine.failovers,
+                    "lag_ms": round(s.lag_s * 1000, 1),  # the frame hold's delay behind the provider
+                    "failovers": s.failovers,
                     "last_failover": self.last_failover.get(s.channel),
                 }
             )
@@ -126,12 +124,12 @@ class _LiveCollector(Collector):
         self.m = m
 
     def collect(self) -> Iterator[Any]:
-        sessions = list(self.m._sessions())
+        sessions = list(self.m._sessions(self.m._clock()))
         g = GaugeMetricFamily("relay_sessions", "Channel sessions (upstreams) open")
         g.add_metric([], len(sessions))
         yield g
         g = GaugeMetricFamily("relay_clients", "Clients being streamed to")
-        g.add_metric([], sum(len(s.outputs) for s in sessions))
+        g.add_metric([], sum(s.clients for s in sessions))
         yield g
         c = CounterMetricFamily("relay_bytes_relayed", "Bytes sent to clients (per session, not per client)")
         c.add_metric([], self.m.ended_bytes + sum(s.bytes_out for s in sessions))

@@ -1,13 +1,12 @@
 """A channel session: the I/O shell that carries out the failover machine's actions.
 
-One session per channel: it owns the upstream attempts, one clock timer, and the list of client
-outputs that share the upstream. Packets of the current attempt go to every output as one chunk per
-upstream read, by reference: no per-client copy. A client joins at a packet boundary; the session
-outlives its last client by `server.linger_s` (a quick return, or Plex's retune, reuses it). A client
-whose write buffer falls more than `server.client_buffer_bytes` behind is dropped, with an event, so
-it never slows the others; a client that stays paused (reads nothing) for `server.client_stall_s` is
-dropped too, so it cannot hold a provider slot forever. Decisions are made in relay/failover.py;
-this module only translates between sockets, time and those decisions.
+One session per channel, shared by every viewer of it: it owns the upstream attempts, carries out
+the machine's actions (open, close, switch, record, exhausted), runs its one clock timer and the
+keepalive poll (null packets over a gap, the splice's lag, NoVideo), and passes the current
+upstream's packets through the splice. The session outlives its last viewer by `server.linger_s`
+(a quick return, or Plex's retune, reuses it). Its parts live next to it: the viewers and their
+fan-out in relay/shell/outputs.py, the re-encoders in relay/shell/transcode.py; decisions are made
+in relay/core/failover.py. This module only translates between sockets, time and those decisions.
 """
 
 from __future__ import annotations
@@ -17,10 +16,10 @@ import functools
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from relay.config import Config
-from relay.core import http11
+from relay.core import events
 from relay.core.failover import (
     Action,
     Candidate,
@@ -35,8 +34,10 @@ from relay.core.failover import (
     Switch,
 )
 from relay.core.flow import FlowControl
+from relay.core.status import SessionStatus
 from relay.shell import transcode
 from relay.shell.hls_upstream import HlsUpstreamAttempt
+from relay.shell.outputs import Output, Outputs
 from relay.shell.upstream import UpstreamAttempt
 from relay.sources import streams
 from relay.sources.tls import account_tls_context, tls_context
@@ -45,21 +46,6 @@ from relay.ts import Splicer
 
 PENDING_LIMIT = 1 << 20  # bytes a not-yet-chosen attempt may buffer before it is paused
 KEEPALIVE_S = 0.25  # how often a silent client is fed null packets, and content health is checked
-
-
-class Output(Protocol):
-    """A client of a session, as the session sees it."""
-
-    peer: str
-
-    def buffered(self) -> int: ...
-    def start_stream(self) -> None: ...
-    def send(
-        self, views: list[bytes | memoryview], size: int, framed: list[http11.Buffer] | None = None
-    ) -> None: ...
-    def unavailable(self) -> None: ...
-    def abort(self) -> None: ...
-    def finish(self) -> None: ...
 
 
 @dataclass
@@ -96,43 +82,74 @@ class ChannelSession:
         self.shared = shared
         self.loop = asyncio.get_running_loop()
         self.machine = FailoverMachine(
-            channel, candidates, shared.config.failover, shared.health, shared.slots
+            channel, candidates, shared.config.failover.policy(), shared.health, shared.slots
         )
-        self.outputs: list[Output] = []
         self.attempts: dict[int, UpstreamAttempt | HlsUpstreamAttempt] = {}
         self.current: UpstreamAttempt | HlsUpstreamAttempt | None = None
-        self.started = False  # response head sent to the outputs
         self.ended = False
-        self.bytes_out = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._on_end = on_end
-        self.flow = FlowControl(self._pause_upstream, self._resume_upstream)
         self.started_at = shared.clock()
         fo = shared.config.failover
-        ffmpeg = transcode.available() if fo.transcode else None
+        self.transcoders = transcode.Transcoders(
+            transcode.available() if fo.transcode else None,
+            on_packets=self._transcoded,
+            on_end=self._transcoder_ended,
+            on_backlog=self._transcoder_backlog,
+        )
         self.splicer = Splicer(
             fo.keyframe_wait_s,
             fo.no_video_s,
             enabled=fo.splice,
             frame_hold=fo.frame_hold,
-            transcodable=(lambda want, have: transcode.ffmpeg_args(want, have, ffmpeg) is not None)
-            if ffmpeg
-            else None,
+            transcodable=self.transcoders.can if self.transcoders.ffmpeg else None,
         )
-        self._ffmpeg = ffmpeg
-        self._transcoders: dict[int, transcode.Transcoder] = {}  # attempt -> its re-encoder
-        self._held_log: tuple[Log, float] | None = None
+        server = shared.config.server
+        self.outputs = Outputs(
+            channel,
+            self.splicer,
+            FlowControl(self._pause_upstream, self._resume_upstream),
+            self.loop,
+            buffer_limit=server.client_buffer_bytes,
+            stall_s=server.client_stall_s,
+            emit=shared.events.emit,
+            on_drop=self.remove_output,
+        )
+        self.flow = self.outputs.flow
         self._keepalive: asyncio.TimerHandle | None = None
         self._last_out = 0.0
-        self._joining: set[int] = set()  # outputs waiting for a keyframe to start
-        # without the splice: the last read sent, so a joiner starts from it at once (as a fresh
-        # upstream would start mid-GOP) instead of waiting for the next read
-        self._recent: tuple[list[bytes | memoryview], int] | None = None
-        self._stalls: dict[int, asyncio.TimerHandle] = {}  # paused outputs: when they get dropped
 
-    # ---- outputs ----------------------------------------------------------------------------
+    def status(self, now: float) -> SessionStatus:
+        """The session as /status, the metrics and the relay read it (`now` on the session's clock)."""
+        m = self.machine
+        outs = self.outputs.viewers
+        return SessionStatus(
+            channel=self.channel,
+            state=m.state,
+            current=m.current_candidate,
+            upstreams=tuple(a.candidate.account for a in m.attempts.values()),
+            uptime_s=max(now - self.started_at, 1e-6),
+            clients=len(outs),
+            peers=tuple(o.peer for o in outs),
+            lingering=self.lingering,
+            bytes_out=self.outputs.bytes_out,
+            lag_s=self.splicer.lag_s,
+            failovers=m.failovers,
+            upgrades=m.upgrades,
+        )
+
+    @property
+    def started(self) -> bool:
+        """The response head went out to the viewers."""
+        return self.outputs.started
+
+    @property
+    def bytes_out(self) -> int:
+        return self.outputs.bytes_out
+
+    # ---- viewers (relay/shell/server.py calls these) -----------------------------------------
 
     @property
     def lingering(self) -> bool:
@@ -140,28 +157,14 @@ class ChannelSession:
         return not self.outputs and not self.ended
 
     def add_output(self, out: Output) -> None:
-        """A client joins; if the stream already runs: the head and PAT/PMT now, then from a keyframe."""
+        """A client joins (at once if the stream runs: see Outputs.add)."""
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
-        self.outputs.append(out)
-        self.flow.add(id(out))
-        if self.started:
-            out.start_stream()
-            if not self.splicer.enabled and self._recent is not None:
-                out.send(*self._recent)  # whole packets: the demuxer waits for the stream's own PSI
-                return
-            intro = self.splicer.join_prefix()
-            if intro:
-                out.send([memoryview(intro)], len(intro))
-            self._joining.add(id(out))
+        self.outputs.add(out)
 
     def remove_output(self, out: Output, reason: str = "ClientGone") -> None:
-        if out in self.outputs:
-            self.outputs.remove(out)
-            self.flow.remove(id(out))
-            self._joining.discard(id(out))
-            self._cancel_stall(out)
+        self.outputs.remove(out)
         if self.outputs or self.ended:
             return
         linger = self.shared.config.server.linger_s
@@ -171,34 +174,10 @@ class ChannelSession:
             self.close(reason)
 
     def output_paused(self, out: Output) -> None:
-        self.flow.pause(id(out))
-        if id(out) not in self._stalls:
-            stall_s = self.shared.config.server.client_stall_s
-            self._stalls[id(out)] = self.loop.call_later(stall_s, self._client_stalled, out)
+        self.outputs.paused(out)
 
     def output_resumed(self, out: Output) -> None:
-        self.flow.resume(id(out))
-        self._cancel_stall(out)
-
-    def _cancel_stall(self, out: Output) -> None:
-        timer = self._stalls.pop(id(out), None)
-        if timer is not None:
-            timer.cancel()
-
-    def _client_stalled(self, out: Output) -> None:
-        self._stalls.pop(id(out), None)
-        if out in self.outputs:
-            self._drop_slow(out, out.buffered(), "ClientStalled")
-
-    def _drop_slow(self, out: Output, size: int, reason: str = "SlowClient") -> None:
-        """A client fell too far behind the others, or stopped reading: drop it, free what it holds."""
-        self.shared.events.emit(
-            "client_dropped",
-            "warn",
-            {"channel": self.channel, "peer": out.peer, "reason": reason, "buffered_bytes": size},
-        )
-        self.remove_output(out, reason)
-        out.abort()
+        self.outputs.resumed(out)
 
     def _pause_upstream(self) -> None:
         self.machine.paused(self.shared.clock())
@@ -222,31 +201,25 @@ class ChannelSession:
             return
         self._run(self.machine.close(self.shared.clock(), reason))
         self._end()
-        for out in list(self.outputs):
+        for out in self.outputs.take_all():
             out.finish()
-        self.outputs.clear()
 
     def _end(self) -> None:
         self.ended = True
-        self._flush_held_log()
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
-        for timer in self._stalls.values():
-            timer.cancel()
-        self._stalls.clear()
+        self.outputs.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         for att in self.attempts.values():
             att.close()
         self.attempts.clear()
-        for tx in self._transcoders.values():
-            tx.close()
-        self._transcoders.clear()
+        self.transcoders.close_all()
         self.current = None
         self._on_end(self)
 
@@ -262,7 +235,7 @@ class ChannelSession:
         if cur is not None and cur.id == attempt:  # the hot path
             now = self.shared.clock()
             self.machine.packets(attempt, now)
-            tx = self._transcoders.get(attempt)
+            tx = self.transcoders.get(attempt)
             if tx is not None:
                 tx.write(views)
             else:
@@ -293,7 +266,10 @@ class ChannelSession:
         """An HLS upstream's own event (skipped segments, a failure's detail), named by its stream."""
         a = self.machine.attempts.get(attempt)
         stream = a.candidate.ref if a is not None else None
-        self.shared.events.emit(event, "warn", {"channel": self.channel, "stream": stream, **fields})
+        if event == "hls_skipped":
+            self.shared.events.emit(events.HlsSkipped(channel=self.channel, stream=stream, **fields))
+        elif event == "hls_error":
+            self.shared.events.emit(events.HlsError(channel=self.channel, stream=stream, **fields))
 
     # ---- actions ----------------------------------------------------------------------------
 
@@ -305,9 +281,7 @@ class ChannelSession:
                 att.start()
             elif isinstance(a, Close):
                 att = self.attempts.pop(a.attempt, None)
-                tx = self._transcoders.pop(a.attempt, None)
-                if tx is not None:
-                    tx.close()
+                self.transcoders.close(a.attempt)
                 if att is not None:
                     att.close()
                     if att is self.current:
@@ -344,35 +318,23 @@ class ChannelSession:
         )
 
     def _log(self, a: Log) -> None:
-        """Emit an event; a switch's event waits until the backup's entry (its keyframe, whole) went
-        out to the clients, so switch_ms is what a viewer waited."""
-        if a.event in ("failover", "upgrade") and not self.splicer.entry_sent:
-            self._flush_held_log()
-            self._held_log = (a, self.shared.clock())
-            return
-        self.shared.events.emit(a.event, a.level, a.fields)
+        """Record an event; a switch's event whose entry has not gone out yet goes back to the
+        machine, which gives it back finished from `entry_sent`."""
+        if a.until_entry and not self.splicer.entry_sent:
+            self._record(self.machine.entry_pending(a, self.shared.clock()))
+        else:
+            self.shared.events.emit(a.what)
 
-    def _flush_held_log(self, now: float | None = None) -> None:
-        if self._held_log is None:
-            return
-        a, switched_at = self._held_log
-        self._held_log = None
-        fields = dict(a.fields)
-        if now is not None:
-            entry_ms = round((now - switched_at) * 1000, 1)
-            fields["keyframe_wait_ms"] = entry_ms
-            if fields.get("switch_ms") is not None:
-                fields["switch_ms"] = round(fields["switch_ms"] + entry_ms, 1)
-        self.shared.events.emit(a.event, a.level, fields)
+    def _record(self, logs: list[Log]) -> None:
+        for log in logs:
+            self.shared.events.emit(log.what)
 
     def _switch(self, att: UpstreamAttempt | HlsUpstreamAttempt) -> None:
         """From the next whole packet on, relay `att`: the old one's partial packet never goes out."""
         now = self.shared.clock()
         self.current = att
         if not self.started:
-            self.started = True
-            for out in self.outputs:
-                out.start_stream()
+            self.outputs.start()
             self._keepalive = self.loop.call_later(KEEPALIVE_S, self._keepalive_tick)
         else:
             self.splicer.switch(now)
@@ -388,43 +350,34 @@ class ChannelSession:
         """The current upstream's packets through the splice to every client, by reference."""
         out = self.splicer.feed(views, now, region)
         cur = self.current
-        if self.splicer.codec_change and cur is not None and cur.id not in self._transcoders:
+        if self.splicer.codec_change and cur is not None and cur.id not in self.transcoders:
             self._start_transcoder(cur.id, views, now)
         if out:
             self._spliced_out(out, now)
 
     def _spliced_out(self, out: list[bytes | memoryview], now: float) -> None:
-        """The splice let `out` go; a held switch event goes with the backup's entry."""
+        """The splice let `out` go; a switch event waiting for the backup's entry goes with it."""
         self._last_out = now
-        self._write(out)
-        if self._held_log is not None and self.splicer.entry_sent:
-            self._flush_held_log(now)
+        self.outputs.write(out)
+        if self.machine.awaiting_entry and self.splicer.entry_sent:
+            self._record(self.machine.entry_sent(now))
+
+    # ---- re-encoding a backup in other codecs ------------------------------------------------
 
     def _start_transcoder(self, attempt: int, views: list[memoryview], now: float) -> None:
         """The current upstream brings other codecs: from here on its bytes go through ffmpeg."""
         want, have = self.splicer.output_types(), self.splicer.upstream_types()
-        args = transcode.ffmpeg_args(want, have, self._ffmpeg or "ffmpeg")
-        assert args is not None  # the splicer held it out only if this has an answer
-        tx = transcode.Transcoder(
-            args,
-            on_packets=functools.partial(self._transcoded, attempt),
-            on_end=functools.partial(self._transcoder_ended, attempt),
-            on_backlog=functools.partial(self._transcoder_backlog, attempt),
-        )
-        self._transcoders[attempt] = tx
+        tx = self.transcoders.start(attempt, want, have)
         self.splicer.switch(now)  # its re-encoded output enters like a new upstream
         tx.write(views)
         cur = self.machine.current_candidate
         self.shared.events.emit(
-            "transcode",
-            "info",
-            {
-                "channel": self.channel,
-                "to_stream": cur.ref if cur else None,
-                "reason": "CodecChange",
-                "from_codecs": transcode.describe(have),
-                "to_codecs": transcode.describe(want),
-            },
+            events.Transcode(
+                channel=self.channel,
+                to_stream=cur.ref if cur else None,
+                from_codecs=transcode.describe(have),
+                to_codecs=transcode.describe(want),
+            )
         )
 
     def _transcoded(self, attempt: int, views: list[memoryview]) -> None:
@@ -444,35 +397,10 @@ class ChannelSession:
 
     def _transcoder_ended(self, attempt: int) -> None:
         """ffmpeg gave up (or could not start): that upstream failed, like one that ends."""
-        self._transcoders.pop(attempt, None)
         if attempt in self.attempts:
             self.on_failed(attempt, Reason.STREAM_ERROR, None)
 
-    def _write(self, views: list[bytes | memoryview]) -> None:
-        size = sum(len(v) for v in views) if len(views) > 1 else len(views[0])
-        self.bytes_out += size
-        limit = self.shared.config.server.client_buffer_bytes
-        framed = http11.chunk(views, size)  # once per read, whatever the number of clients
-        if not self.splicer.enabled:
-            self._recent = (views, size)
-        for out in self.outputs:
-            if id(out) in self._joining:
-                self._join(out, views)
-                continue
-            out.send(views, size, framed)
-            # only a paused client (over the high-water mark) can be that far behind: ask only those
-            if len(self.outputs) > 1 and self.flow.is_paused(id(out)) and out.buffered() > limit:
-                self.loop.call_soon(self._drop_slow, out, out.buffered())
-
-    def _join(self, out: Output, views: list[bytes | memoryview]) -> None:
-        """A joining client starts at the first keyframe of the video (PAT/PMT went out before)."""
-        for i, v in enumerate(views):
-            off = self.splicer.keyframe_offset(v)
-            if off is not None:
-                rest = [memoryview(v)[off:], *views[i + 1 :]]
-                self._joining.discard(id(out))
-                out.send(rest, sum(len(r) for r in rest))
-                return
+    # ---- the keepalive poll ------------------------------------------------------------------
 
     def _keepalive_tick(self) -> None:
         """Every KEEPALIVE_S: bridge a gap with null packets, and check the content's health."""
@@ -486,15 +414,12 @@ class ChannelSession:
             bridge = self.splicer.bridge(now)
             if bridge:
                 self._last_out = now
-                for out in self.outputs:
-                    if id(out) not in self._joining:
-                        out.send([memoryview(bridge)], len(bridge))
+                self.outputs.bridge(bridge)
         if self.current is not None and self.splicer.health(now) == Reason.NO_VIDEO:
             self._run(self.machine.content_failed(Reason.NO_VIDEO, now))
 
     def _exhausted(self, started: bool) -> None:
-        outs = list(self.outputs)
-        self.outputs.clear()
+        outs = self.outputs.take_all()
         self._run(self.machine.close(self.shared.clock(), "Exhausted"))
         self._end()
         for out in outs:

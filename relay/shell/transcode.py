@@ -5,13 +5,15 @@ after H.264/AAC, a backup in MPEG-2/MP2 either decodes as garbage (same PIDs) or
 PIDs). When a switch brings other codecs, the session pipes that upstream's TS through ffmpeg, which
 re-encodes only the streams whose codec differs (the others are copied) to the output's codecs; its
 output is spliced in like any upstream. It costs CPU only while such a backup is current, and ends
-with it (an upgrade back to the primary needs no transcoder).
+with it (an upgrade back to the primary needs no transcoder). `Transcoder` is one ffmpeg process;
+`Transcoders` is a session's set of them, one per upstream attempt, and their lifecycle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 from collections.abc import Callable
@@ -171,3 +173,62 @@ class Transcoder:
         if not self.closed:
             self.closed = True
             self.on_end()
+
+
+class Transcoders:
+    """The re-encoders of one session, at most one per upstream attempt: started when the current
+    upstream brings other codecs than the output's, fed that upstream's bytes, closed with it.
+
+    The callbacks name the attempt: `on_packets(attempt, views)` re-encoded packets,
+    `on_end(attempt)` ffmpeg gave up (the attempt then failed), `on_backlog(attempt, behind)` ffmpeg
+    is behind the stream (pause that upstream) or caught up.
+    """
+
+    def __init__(
+        self,
+        ffmpeg: str | None,
+        on_packets: Callable[[int, list[memoryview]], None],
+        on_end: Callable[[int], None],
+        on_backlog: Callable[[int, bool], None],
+    ) -> None:
+        self.ffmpeg = ffmpeg  # None: no ffmpeg here (or transcode off): a new codec gets PIDs of its own
+        self._on_packets = on_packets
+        self._on_end = on_end
+        self._on_backlog = on_backlog
+        self._by_attempt: dict[int, Transcoder] = {}
+        self.get = self._by_attempt.get  # the hot path asks this for every read
+
+    def can(self, want: tuple[int | None, int | None], have: tuple[int | None, int | None]) -> bool:
+        """Whether an upstream with stream types `have` can be re-encoded to `want` here."""
+        return self.ffmpeg is not None and ffmpeg_args(want, have, self.ffmpeg) is not None
+
+    def start(
+        self, attempt: int, want: tuple[int | None, int | None], have: tuple[int | None, int | None]
+    ) -> Transcoder:
+        args = ffmpeg_args(want, have, self.ffmpeg or "ffmpeg")
+        assert args is not None  # the splicer held the upstream out only if `can` said so
+        tx = Transcoder(
+            args,
+            on_packets=functools.partial(self._on_packets, attempt),
+            on_end=functools.partial(self._ended, attempt),
+            on_backlog=functools.partial(self._on_backlog, attempt),
+        )
+        self._by_attempt[attempt] = tx
+        return tx
+
+    def __contains__(self, attempt: int) -> bool:
+        return attempt in self._by_attempt
+
+    def close(self, attempt: int) -> None:
+        tx = self._by_attempt.pop(attempt, None)
+        if tx is not None:
+            tx.close()
+
+    def close_all(self) -> None:
+        for tx in self._by_attempt.values():
+            tx.close()
+        self._by_attempt.clear()
+
+    def _ended(self, attempt: int) -> None:
+        self._by_attempt.pop(attempt, None)
+        self._on_end(attempt)

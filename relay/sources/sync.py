@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from relay.config import AccountConfig, ChannelConfig, Config
+from relay.core.events import AccountActive, AccountInactive, Event
 from relay.core.mapping import (
     QUALITY_ORDER,
     GuideChannel,
@@ -113,19 +114,15 @@ class SyncReport:
             f" {m.unmapped_streams + m.ambiguous_streams} unmapped, in {self.seconds:.1f} s"
         )
 
-    def events(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """(event, level, fields) for each account whose state changed: one event per change."""
-        out: list[tuple[str, str, dict[str, Any]]] = []
+    def events(self) -> list[Event]:
+        """One event for each account whose state changed."""
+        out: list[Event] = []
         for a in self.accounts:
             if a.state == "inactive" and a.reason != a.was:
-                fields: dict[str, Any] = {"category": "provider", "account": a.name, "reason": a.reason}
-                if a.exp_date:
-                    fields["exp_date"] = _date(a.exp_date)
-                out.append(("account_inactive", "warn", fields))
+                exp = _date(a.exp_date) if a.exp_date else None
+                out.append(AccountInactive(account=a.name, reason=a.reason, exp_date=exp))
             elif a.state == "ok" and a.was is not None:
-                out.append(
-                    ("account_active", "info", {"category": "provider", "account": a.name, "was": a.was})
-                )
+                out.append(AccountActive(account=a.name, was=a.was))
         return out
 
 
@@ -420,8 +417,8 @@ def scrub_all(cfg: Config, text: str) -> str:
 def emit_events(report: SyncReport, events: EventLog | None) -> None:
     if events is None:
         return
-    for event, level, fields in report.events():
-        events.emit(event, level, fields)
+    for event in report.events():
+        events.emit(event)
 
 
 async def sync_once(

@@ -1,5 +1,8 @@
 """Failover, upgrade, exhaustion and session events: one JSON line each, and the same row in SQLite.
 
+The events themselves (fields, level, category, message) are types in relay/core/events.py; this
+module stamps them (`record`: timestamp, event_id) and writes them.
+
 `emit` never blocks the event loop: it stamps the event and queues it; a writer task appends the
 batch to the JSON-lines file (aiofiles), then inserts it into `event_log` from a worker thread.
 `close` drains the queue, so a clean shutdown loses nothing. The JSON line is written and flushed
@@ -22,22 +25,10 @@ from typing import Any
 import aiofiles
 import orjson
 
+from relay.core.events import Event
 from relay.storage.store import Store
 
 log = logging.getLogger("relay.storage.eventlog")
-
-CATEGORIES = {
-    "failover": "failover",
-    "upgrade": "failover",
-    "upgrade_failed": "failover",
-    "exhausted": "failover",
-    "holding": "failover",
-    "transcode": "failover",
-    "session_start": "stream",
-    "session_end": "stream",
-    "account_inactive": "provider",
-    "account_active": "provider",
-}
 
 
 def rfc3339(ts: float) -> str:
@@ -45,36 +36,18 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def message(event: str, f: dict[str, Any]) -> str:
-    """The one human line for an event; names streams as account/stream_id, never a URL."""
-    ch = f.get("channel")
-    frm, to, why = f.get("from_stream"), f.get("to_stream"), f.get("reason")
-    if event == "failover":
-        return f"{ch}: failover {frm} -> {to} ({why}) in {f.get('switch_ms')} ms"
-    if event == "exhausted":
-        tried = ", ".join(f.get("attempted") or []) or "nothing"
-        return f"{ch}: all streams failed after {frm or 'start'} ({why}); tried {tried}"
-    if event == "upgrade":
-        return f"{ch}: upgraded {frm} -> {to}"
-    if event == "upgrade_failed":
-        return f"{ch}: upgrade {frm} -> {to} failed ({why}); staying"
-    if event == "holding":
-        return f"{ch}: all streams failed after {frm} ({why}); holding the response, retrying"
-    if event == "transcode":
-        return f"{ch}: re-encoding {to} ({f.get('from_codecs')} -> {f.get('to_codecs')}): {why}"
-    if event == "client_dropped":
-        return f"{ch}: dropped a viewer that fell behind ({f.get('reason')})"
-    if event == "session_start":
-        return f"{ch}: session started on {to} in {f.get('ttfb_ms')} ms"
-    if event == "session_end":
-        return (
-            f"{ch}: session ended ({why}) after {f.get('duration_ms')} ms, {f.get('failovers', 0)} failovers"
-        )
-    if event == "account_inactive":
-        return f"account {f.get('account')}: {why}; not used until a sync finds it usable again"
-    if event == "account_active":
-        return f"account {f.get('account')}: usable again (was {f.get('was')})"
-    return f"{ch}: {event}"
+def record(event: Event, timestamp: float, event_id: str) -> dict[str, Any]:
+    """The event as it is written (JSON line, SQLite details) and as listeners get it: this order."""
+    out: dict[str, Any] = {
+        "timestamp": rfc3339(timestamp),
+        "level": event.level,
+        "category": event.category,
+        "event": event.kind,
+        **event.fields(),
+    }
+    out["message"] = event.message()
+    out["event_id"] = event_id
+    return out
 
 
 class EventLog:
@@ -104,30 +77,23 @@ class EventLog:
         self._file = await aiofiles.open(self.jsonl_path, "ab")
         self._task = asyncio.create_task(self._writer(), name="relay-events-writer")
 
-    def emit(self, event: str, level: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def emit(self, event: Event) -> dict[str, Any]:
         """Stamp and queue one event; returns the record as it will be written."""
-        record: dict[str, Any] = {
-            "timestamp": rfc3339(self.clock()),
-            "level": level,
-            "category": CATEGORIES.get(event, "stream"),
-            "event": event,
-            **fields,
-        }
-        record["message"] = message(event, record)
-        record["event_id"] = uuid.uuid4().hex
+        rec = record(event, self.clock(), uuid.uuid4().hex)
+        level = event.level
         log.log(
             logging.ERROR if level == "error" else logging.WARNING if level == "warn" else logging.INFO,
             "%s",
-            record["message"],
+            rec["message"],
         )
         if self._closing and self._task is None:
             raise RuntimeError("event log is closed")
-        self._queue.append(record)
+        self._queue.append(rec)
         self._idle.clear()
         self._wake.set()
         for listener in self.listeners:
-            listener(record)
-        return record
+            listener(rec)
+        return rec
 
     async def flush(self) -> None:
         """Wait until every event emitted so far is in both sinks."""

@@ -17,6 +17,7 @@ import orjson
 
 from relay.config import DIRECT_ACCOUNT, Config, StreamRef
 from relay.core.failover import Candidate, rank_candidates
+from relay.core.mapping import StreamRow
 from relay.sources.streams import Directory, template, url_stream_id
 
 SCHEMA = """
@@ -112,17 +113,6 @@ WHERE m.xmltv_channel_id = ? AND a.is_active = 1
 ORDER BY """
     + MAPPING_ORDER
 )
-
-
-class StreamRow(NamedTuple):
-    """An imported provider stream (`xtream_channels` joined with its account)."""
-
-    key: int  # xtream_channels.id
-    account: str
-    stream_id: int
-    name: str | None
-    epg_channel_id: str | None
-    category: str | None
 
 
 class GuideRow(NamedTuple):

@@ -18,7 +18,7 @@ from relay.core.failover import (
     Switch,
 )
 
-POLICY = FailoverConfig()
+POLICY = FailoverConfig().policy()
 
 
 def cands(*specs: tuple[str, int]) -> list[Candidate]:
@@ -32,7 +32,9 @@ class Harness:
         self.health = HealthMemory()
         accounts = {c.account for c in candidates}
         self.slots = Slots(limits or {a: 1 for a in accounts})
-        self.m = FailoverMachine("ch1", candidates, FailoverConfig(**policy), self.health, self.slots)
+        self.m = FailoverMachine(
+            "ch1", candidates, FailoverConfig(**policy).policy(), self.health, self.slots
+        )
         self.by_ref: dict[str, int] = {}
         self.actions: list[Action] = []
 
