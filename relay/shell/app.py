@@ -38,6 +38,21 @@ Handler = Callable[[HttpProtocol, Request], None]
 RECONCILE_S = 30.0  # how often the slot ledger is checked against the connections really open
 
 
+class ListenError(ConfigError):
+    """The listening socket could not be opened; str() names the config keys, and a caller that took
+    the address from elsewhere (the demo's --host/--port) can name its own."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        self.host, self.port, self.in_use = host, port, error.errno == errno.EADDRINUSE
+        self.strerror = error.strerror or str(error)
+        super().__init__(self.describe("server.host", "server.port"))
+
+    def describe(self, host_key: str, port_key: str) -> str:
+        if self.in_use:
+            return f"{port_key}: {self.host}:{self.port} is already in use"
+        return f"{host_key}: cannot listen on {self.host}:{self.port} ({self.strerror})"
+
+
 class Relay:
     def __init__(self, cfg: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
@@ -109,13 +124,7 @@ class Relay:
         except OSError as e:
             await self.events.close()
             self.store.close()
-            if e.errno == errno.EADDRINUSE:
-                raise ConfigError(
-                    f"server.port: {cfg.server.host}:{cfg.server.port} is already in use"
-                ) from None
-            raise ConfigError(
-                f"server.host: cannot listen on {cfg.server.host}:{cfg.server.port} ({e.strerror})"
-            ) from None
+            raise ListenError(cfg.server.host, cfg.server.port, e) from None
         sock = self.server.sockets[0].getsockname()
         self.port = sock[1]
         self.started_at = loop.time()
