@@ -46,6 +46,10 @@ class ServerConfig(_Model):
 class StorageConfig(_Model):
     database: str = "relay.db"
     events: str = "events.jsonl"
+    # the JSON lines rotate past this size (events.jsonl.1 ...); 0 = never (an outside logrotate + SIGHUP)
+    events_max_bytes: int = Field(64 << 20, ge=0)
+    events_keep: int = Field(5, ge=1)  # rotated JSON-lines files kept; the oldest beyond is deleted
+    event_log_days: float = Field(90.0, ge=0)  # event_log rows older than this are deleted; 0 = kept forever
 
 
 class FailoverConfig(_Model):

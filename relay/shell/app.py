@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -106,7 +107,15 @@ class Relay:
         self.store = Store(db)
         self.store.sync_config(cfg)
         self._load_channels()
-        self.events = EventLog(cfg.path(cfg.storage.events), db, clock=self.wall_clock)
+        st = cfg.storage
+        self.events = EventLog(
+            cfg.path(st.events),
+            db,
+            clock=self.wall_clock,
+            max_bytes=st.events_max_bytes,
+            keep=st.events_keep,
+            retention_days=st.event_log_days,
+        )
         self.events.listeners += [self.metrics.on_event, self.notifier.on_event]
         await self.events.open()
         self.notifier.start()
@@ -133,6 +142,12 @@ class Relay:
         self._reconciler = loop.call_later(RECONCILE_S, self._reconcile_tick)
         self.guide.start()
         self.sync_task = start_sync(self.cfg, self.store, self.events, on_synced=self._synced)
+
+    def reopen(self) -> None:
+        """SIGHUP: reopen the JSON-lines event file (an outside logrotate moved it)."""
+        if self.events is not None:
+            self.events.reopen()
+            log.info("events: reopening %s before the next event", self.events.jsonl_path)
 
     async def stop(self) -> None:
         """Stop accepting, end every stream cleanly, flush every event to both sinks."""
@@ -389,7 +404,10 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
     """Serve until `stop` is set."""
     relay = Relay(cfg)
     await relay.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, relay.reopen)  # logrotate's postrotate, systemd's ExecReload
     try:
         await stop.wait()
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         await relay.stop()
