@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from relay import __version__
 from relay import config as config_mod
-from relay.cli import commands, init
+from relay.cli import commands, health, init
 from relay.config import ConfigError
 
 
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     d.set_defaults(func=cmd_demo)
     commands.add_parsers(sub)  # sync, channels, map, unmap, events
     init.add_parser(sub)
+    health.add_parser(sub)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
