@@ -185,3 +185,13 @@ def test_given_a_long_listing_piped_into_head_then_no_broken_pipe_traceback(tmp_
     assert first.startswith(b"Channels without a stream")
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert err == "" and rc == 141  # as a shell reports a writer ended by SIGPIPE
+
+
+def test_given_no_relay_listening_when_relay_health_then_exit_1_with_the_reason(tmp_path: Path) -> None:
+    from tests.fake_provider import closed_port
+
+    config = tmp_path / "config.yaml"
+    account = '{name: a, url: "http://x", username: u, password: "${UNSET_PW}"}'
+    config.write_text(f"server: {{port: {closed_port()}}}\naccounts: [{account}]\n")
+    r = relay("health", "--config", str(config))
+    assert r.returncode == 1 and "/health:" in r.stderr and "refused" in r.stderr.lower()

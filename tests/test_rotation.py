@@ -173,6 +173,14 @@ async def test_given_a_serving_relay_when_sighup_then_the_event_file_is_reopened
                 assert line, "relay exited"
                 if m := re.search(r"listening on http://127\.0\.0\.1:(\d+)", line):
                     port = int(m.group(1))
+        cfg["server"]["port"] = port  # `relay health` (the container's HEALTHCHECK) asks this relay
+        (tmp_path / "health.yaml").write_text(yaml.safe_dump(cfg))
+        health = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay", "health", "--config", str(tmp_path / "health.yaml"),
+            stdout=asyncio.subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        out, _ = await health.communicate()
+        assert health.returncode == 0 and out.decode().strip().endswith("/health: ok")
         c = await open_stream(port, "/stream/ch1")
         await c.wait_bytes(20_000)
         jsonl = tmp_path / "events.jsonl"
