@@ -4,7 +4,7 @@ VENV := .venv
 PY ?= python3
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test bench lint system-deps clean
+.PHONY: run test test-container bench lint system-deps system-deps-container clean
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
@@ -14,13 +14,26 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# ffmpeg makes the test/demo media and is the real client in tests; hdhomerun_config is SiliconDust's client.
+# ffmpeg makes the test/demo media and is the real client in tests; hdhomerun_config is SiliconDust's client;
+# systemd-analyze checks deploy/relay.service.
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v hdhomerun_config >/dev/null || missing="$$missing hdhomerun-config"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	$(PY) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  echo "installing:$$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# podman builds and runs the Containerfile in `make test-container`, from a base mmdebstrap makes here
+# (runc: crun refuses hybrid cgroups on some VMs). Minutes, so apart from `make test`.
+system-deps-container:
+	@missing=""; \
+	for c in podman buildah mmdebstrap runc; do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  echo "installing:$$missing"; \
@@ -33,6 +46,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check relay tests bench
 	$(VENV)/bin/pytest
+
+test-container: $(STAMP)
+	@$(MAKE) --no-print-directory system-deps-container
+	$(VENV)/bin/pytest -m container tests/test_container.py
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.failover

@@ -49,6 +49,10 @@ class ServerConfig(_Model):
 class StorageConfig(_Model):
     database: str = "relay.db"
     events: str = "events.jsonl"
+    # the JSON lines rotate past this size (events.jsonl.1 ...); 0 = never (an outside logrotate + SIGHUP)
+    events_max_bytes: int = Field(64 << 20, ge=0)
+    events_keep: int = Field(5, ge=1)  # rotated JSON-lines files kept; the oldest beyond is deleted
+    event_log_days: float = Field(90.0, ge=0)  # event_log rows older than this are deleted; 0 = kept forever
 
 
 class FailoverConfig(_Model):
@@ -224,6 +228,8 @@ class Config(_Model):
     accounts: tuple[AccountConfig, ...] = ()
     channels: tuple[ChannelConfig, ...] = ()
     base_dir: Path = Field(default=Path("."), exclude=True)  # the config file's folder
+    # (key, VAR) of each ${VAR} the environment lacked, left as written; see require_env
+    missing_env: tuple[tuple[str, str], ...] = Field(default=(), exclude=True)
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Config:
@@ -276,24 +282,41 @@ class _KeyedError(ValueError):
         self.problem = problem
 
 
+# ---- ${VAR} expansion (lazy: a missing variable is an error only where it is used) -------------------
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand(node: Any, env: dict[str, str], key: str) -> Any:
-    """Expand ${VAR} in every string; a missing variable is an error naming the key."""
+def _expand(node: Any, env: dict[str, str], key: str, missing: list[tuple[str, str]]) -> Any:
+    """Expand ${VAR} in every string. A missing variable is left as written and noted in `missing`
+    as (key, VAR): `relay channels` needs no provider password, `serve` and `sync` do (require_env)."""
     if isinstance(node, dict):
-        return {k: _expand(v, env, f"{key}.{k}" if key else str(k)) for k, v in node.items()}
+        return {k: _expand(v, env, f"{key}.{k}" if key else str(k), missing) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand(v, env, f"{key}[{i}]") for i, v in enumerate(node)]
+        return [_expand(v, env, f"{key}[{i}]", missing) for i, v in enumerate(node)]
     if isinstance(node, str):
 
         def sub(m: re.Match[str]) -> str:
             if m.group(1) not in env:
-                raise ConfigError(f"{key}: environment variable {m.group(1)} is not set")
+                missing.append((key, m.group(1)))
+                return m.group(0)
             return env[m.group(1)]
 
         return _VAR.sub(sub, node)
     return node
+
+
+def _missing_error(key: str, var: str) -> ConfigError:
+    return ConfigError(f"{key}: environment variable {var} is not set")
+
+
+def require_env(cfg: Config) -> None:
+    """For what contacts a provider (serve, sync): every ${VAR} of the file must have been set."""
+    if cfg.missing_env:
+        raise _missing_error(*cfg.missing_env[0])
+
+
+# ---- end of ${VAR} expansion -----------------------------------------------------------------------
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -312,10 +335,13 @@ def parse(data: Any, *, base_dir: Path = Path("."), env: dict[str, str] | None =
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping (server:, accounts:, channels: ...)")
-    data = _expand(data, dict(os.environ) if env is None else env, "")
+    missing: list[tuple[str, str]] = []
+    data = _expand(data, dict(os.environ) if env is None else env, "", missing)
     try:
-        return Config.model_validate({**data, "base_dir": base_dir})
+        return Config.model_validate({**data, "base_dir": base_dir, "missing_env": tuple(missing)})
     except ValidationError as e:
+        if missing:  # a "${VAR}" left as written can break validation (a port, a URL): name the cause
+            raise _missing_error(*missing[0]) from None
         err = e.errors()[0]
         ctx_err = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_err, _KeyedError):

@@ -43,3 +43,27 @@ async def provider(ts_file: Path) -> AsyncIterator[FakeProvider]:
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
     """Tests run on uvloop, like the relay does (its transports differ from asyncio's)."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(scope="session")
+def installed_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with this checkout's wheel installed (`pip wheel .`, then `pip install` it), once a
+    session: it is slow (a build and a dependency install), so the tests that need it share it."""
+    import subprocess
+    import sys
+    import venv
+
+    root = Path(__file__).resolve().parent.parent
+    work = tmp_path_factory.mktemp("wheel")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(root)],
+        check=True, timeout=300, env=env, cwd=work,
+    )  # fmt: skip
+    venv.create(work / "venv", with_pip=True)
+    (wheel,) = (work / "dist").glob("iptv_relay-*.whl")
+    subprocess.run(
+        [str(work / "venv" / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
+        check=True, timeout=600, env=env, cwd=work,
+    )  # fmt: skip
+    return work / "venv"

@@ -196,11 +196,18 @@ async def test_given_events_when_relay_events_then_filtered_and_followed(
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
     try:
-        await asyncio.sleep(0.5)
-        with events.open("ab") as f:
-            rec = {"timestamp": "2026-11-25T07:00:00.000Z", "level": "warn", "category": "failover"}
-            f.write(orjson.dumps(rec | {"channel": "c.x", "message": "c.x: late", "event_id": "9"}) + b"\n")
-        line = await asyncio.wait_for(proc.stdout.readline(), 10)
+        # the follower starts at the end of the file once it is up (how long that takes depends on the
+        # machine's load): append the late event until it shows one
+        rec = {"timestamp": "2026-11-25T07:00:00.000Z", "level": "warn", "category": "failover"}
+        pending = asyncio.ensure_future(proc.stdout.readline())
+        for i in range(40):
+            with events.open("ab") as f:
+                late = rec | {"channel": "c.x", "message": "c.x: late", "event_id": f"9{i}"}
+                f.write(orjson.dumps(late) + b"\n")
+            done, _ = await asyncio.wait({pending}, timeout=0.5)
+            if done:
+                break
+        line = await asyncio.wait_for(pending, 10)
         assert line.decode().strip() == "2026-11-25 07:00:00Z WARN  failover  c.x: late"
     finally:
         proc.send_signal(signal.SIGINT)

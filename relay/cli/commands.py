@@ -108,6 +108,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     try:
         cfg = _load(args)
+        config_mod.require_env(cfg)  # a sync logs in to the providers (channels/map/events do not)
     except ConfigError as e:
         return _fail(str(e))
     if not args.verbose:  # the summary below says it all; warnings of other modules still show

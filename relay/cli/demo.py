@@ -3,8 +3,10 @@
 Two fake Xtream accounts on 127.0.0.1 serve generated test-pattern MPEG-TS: account demo-a at a
 440 Hz tone, demo-b at 880 Hz, so the switch is audible. Every `fault_every_s` the demo breaks the
 primary of each watched channel (a drop, a stall, or a 503 for a while, in turn): the relay fails
-over to the backup inside the same response, and upgrades back to the primary 30 s later. The demo
-talks to nothing but 127.0.0.1. It needs ffmpeg to make its media.
+over to the backup inside the same response, and upgrades back to the primary 30 s later. The demo's
+providers talk to nothing but 127.0.0.1; the relay listens on --host (127.0.0.1 unless asked). It needs
+ffmpeg to make its media, which is cached per user ($XDG_CACHE_HOME/relay/demo); the database and
+events go to a fresh private folder, removed at exit.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -144,6 +147,13 @@ class DemoProvider:
                 await asyncio.sleep(delay)
 
 
+def media_dir(env: dict[str, str] | None = None) -> Path:
+    """Where the generated clips are cached: the user's own cache folder, never a shared temp path."""
+    e = os.environ if env is None else env
+    base = Path(e["XDG_CACHE_HOME"]) if e.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "relay" / "demo"
+
+
 def demo_guide(hours: int = 24) -> str:
     """A day of hourly programmes for the demo channels, so Plex shows a guide too."""
     start = int(time.time()) // 3600 * 3600
@@ -164,11 +174,20 @@ def demo_guide(hours: int = 24) -> str:
 DEMO_CHANNELS = [("demo.one", "Demo One", "1", "testsrc2"), ("demo.two", "Demo Two", "2", "smptebars")]
 
 
-async def run_demo(stop: asyncio.Event, *, port: int = 5004, fault_every_s: float = 20.0) -> None:
-    from relay.shell.app import Relay
+async def run_demo(
+    stop: asyncio.Event, *, host: str = "127.0.0.1", port: int = 5004, fault_every_s: float = 20.0
+) -> None:
+    home = Path(tempfile.mkdtemp(prefix="relay-demo-"))  # mode 0700: this run's, nobody else's
+    try:
+        await _run_demo(stop, home, host=host, port=port, fault_every_s=fault_every_s)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
-    home = Path(tempfile.gettempdir()) / "relay-demo"
-    media = home / "media"
+
+async def _run_demo(stop: asyncio.Event, home: Path, *, host: str, port: int, fault_every_s: float) -> None:
+    from relay.shell.app import ListenError, Relay
+
+    media = media_dir()
     loop = asyncio.get_running_loop()
     clips: dict[str, dict[int, bytes]] = {"a": {}, "b": {}}
     for i, (_, _, _, pattern) in enumerate(DEMO_CHANNELS, start=1):
@@ -185,7 +204,7 @@ async def run_demo(stop: asyncio.Event, *, port: int = 5004, fault_every_s: floa
         await p.start()
     cfg = parse(
         {
-            "server": {"host": "127.0.0.1", "port": port},
+            "server": {"host": host, "port": port},
             "storage": {"database": str(home / "relay.db"), "events": str(home / "events.jsonl")},
             "failover": {"upgrade_after_s": 30},
             "sync": {"on_start": False},  # the demo providers have streams and a guide, no player_api
@@ -214,10 +233,18 @@ async def run_demo(stop: asyncio.Event, *, port: int = 5004, fault_every_s: floa
         base_dir=home,
     )
     relay = Relay(cfg)
-    await relay.start()
-    base = f"http://127.0.0.1:{relay.port}"
+    try:
+        await relay.start()
+    except ListenError as e:
+        for p in providers.values():
+            await p.close()
+        raise ConfigError(e.describe("--host", "--port")) from None
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
+    base = f"http://{shown}:{relay.port}"
     log.info("demo: play %s/stream/demo.one (e.g. ffplay or VLC); 440 Hz = primary, 880 Hz = backup", base)
-    log.info("demo: events go to %s", home / "events.jsonl")
+    if shown != host:
+        log.info("demo: from another machine (a Plex on a NAS), use this machine's address, not %s", shown)
+    log.info("demo: events go to %s (removed at exit)", home / "events.jsonl")
     faults = itertools.cycle(["drop", "stall", "error"])
     users = {"demo-a": providers["a"], "demo-b": providers["b"]}
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,21 @@ log = logging.getLogger("relay")
 
 Handler = Callable[[HttpProtocol, Request], None]
 RECONCILE_S = 30.0  # how often the slot ledger is checked against the connections really open
+
+
+class ListenError(ConfigError):
+    """The listening socket could not be opened; str() names the config keys, and a caller that took
+    the address from elsewhere (the demo's --host/--port) can name its own."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        self.host, self.port, self.in_use = host, port, error.errno == errno.EADDRINUSE
+        self.strerror = error.strerror or str(error)
+        super().__init__(self.describe("server.host", "server.port"))
+
+    def describe(self, host_key: str, port_key: str) -> str:
+        if self.in_use:
+            return f"{port_key}: {self.host}:{self.port} is already in use"
+        return f"{host_key}: cannot listen on {self.host}:{self.port} ({self.strerror})"
 
 
 class Relay:
@@ -95,7 +111,15 @@ class Relay:
         self.store = Store(db)
         self.store.sync_config(cfg)
         self._load_channels()
-        self.events = EventLog(cfg.path(cfg.storage.events), db, clock=self.wall_clock)
+        st = cfg.storage
+        self.events = EventLog(
+            cfg.path(st.events),
+            db,
+            clock=self.wall_clock,
+            max_bytes=st.events_max_bytes,
+            keep=st.events_keep,
+            retention_days=st.event_log_days,
+        )
         self.events.listeners += [self.metrics.on_event, self.notifier.on_event]
         await self.events.open()
         self.notifier.start()
@@ -114,13 +138,7 @@ class Relay:
         except OSError as e:
             await self.events.close()
             self.store.close()
-            if e.errno == errno.EADDRINUSE:
-                raise ConfigError(
-                    f"server.port: {cfg.server.host}:{cfg.server.port} is already in use"
-                ) from None
-            raise ConfigError(
-                f"server.host: cannot listen on {cfg.server.host}:{cfg.server.port} ({e.strerror})"
-            ) from None
+            raise ListenError(cfg.server.host, cfg.server.port, e) from None
         sock = self.server.sockets[0].getsockname()
         self.port = sock[1]
         self.started_at = loop.time()
@@ -129,6 +147,12 @@ class Relay:
         self._reconciler = loop.call_later(RECONCILE_S, self._reconcile_tick)
         self.guide.start()
         self.sync_task = start_sync(self.cfg, self.store, self.events, on_synced=self._synced)
+
+    def reopen(self) -> None:
+        """SIGHUP: reopen the JSON-lines event file (an outside logrotate moved it)."""
+        if self.events is not None:
+            self.events.reopen()
+            log.info("events: reopening %s before the next event", self.events.jsonl_path)
 
     async def stop(self) -> None:
         """Stop accepting, end every stream cleanly, flush every event to both sinks."""
@@ -389,7 +413,10 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
     """Serve until `stop` is set."""
     relay = Relay(cfg)
     await relay.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, relay.reopen)  # logrotate's postrotate, systemd's ExecReload
     try:
         await stop.wait()
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         await relay.stop()

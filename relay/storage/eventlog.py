@@ -7,7 +7,8 @@ module stamps them (`record`: timestamp, event_id) and writes them.
 batch to the JSON-lines file (aiofiles), then inserts it into `event_log` from a worker thread.
 `close` drains the queue, so a clean shutdown loses nothing. The JSON line is written and flushed
 before the SQLite insert; at start the relay copies into SQLite any line the database lacks (a crash
-between the two), so "an event in the file is an event in the database".
+between the two), so "an event in the file is an event in the database". The file rotates by size
+and reopens on SIGHUP (relay.storage.rotating); old `event_log` rows expire (relay.storage.retention).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiofiles
 import orjson
 
 from relay.core.events import Event
+from relay.storage.retention import Retention
+from relay.storage.rotating import RotatingFile
 from relay.storage.store import Store
 
 log = logging.getLogger("relay.storage.eventlog")
@@ -53,10 +55,21 @@ def record(event: Event, timestamp: float, event_id: str) -> dict[str, Any]:
 class EventLog:
     """Both sinks of the event stream, fed without blocking the loop."""
 
-    def __init__(self, jsonl_path: Path, db_path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        jsonl_path: Path,
+        db_path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_bytes: int = 0,
+        keep: int = 5,
+        retention_days: float = 0,
+    ) -> None:
         self.jsonl_path = Path(jsonl_path)
         self.db_path = Path(db_path)
         self.clock = clock
+        self.rotation = (max_bytes, keep)  # the JSON lines: rotate past max_bytes (0 = never), keep files
+        self.retention = Retention(retention_days, clock)  # event_log rows: deleted after this many days
         self._queue: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -74,7 +87,9 @@ class EventLog:
         self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
         self._store = await loop.run_in_executor(self._executor, Store, self.db_path)
         await loop.run_in_executor(self._executor, self._reconcile)
-        self._file = await aiofiles.open(self.jsonl_path, "ab")
+        await loop.run_in_executor(self._executor, self.retention.prune, self._store)
+        self._file = RotatingFile(self.jsonl_path, max_bytes=self.rotation[0], keep=self.rotation[1])
+        await self._file.open()
         self._task = asyncio.create_task(self._writer(), name="relay-events-writer")
 
     def emit(self, event: Event) -> dict[str, Any]:
@@ -94,6 +109,11 @@ class EventLog:
         for listener in self.listeners:
             listener(rec)
         return rec
+
+    def reopen(self) -> None:
+        """SIGHUP: an outside logrotate moved the JSON-lines file; the next batch goes to a new one."""
+        if self._file is not None:
+            self._file.request_reopen()
 
     async def flush(self) -> None:
         """Wait until every event emitted so far is in both sinks."""
@@ -138,6 +158,7 @@ class EventLog:
     def _insert(self, batch: list[dict[str, Any]]) -> None:
         assert self._store is not None
         self._store.insert_events(batch)
+        self.retention.prune_if_due(self._store)
 
     def _reconcile(self) -> None:
         """Copy into SQLite the JSON lines it lacks (a crash between the two writes); skip a torn tail."""

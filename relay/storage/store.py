@@ -292,6 +292,11 @@ class Store:
                 [_event_row(r) for r in rows],
             )
 
+    def prune_events(self, before: str) -> int:
+        """Delete the event_log rows stamped before `before` (an RFC 3339 UTC time); returns how many."""
+        with _tx(self.conn):
+            return self.conn.execute("DELETE FROM event_log WHERE timestamp < ?", (before,)).rowcount
+
     def events(
         self, *, channel: str | None = None, level: str | None = None, limit: int = 1000
     ) -> list[dict]:
