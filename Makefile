@@ -15,11 +15,14 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # ffmpeg makes the test/demo media and is the real client in tests; hdhomerun_config is SiliconDust's client.
+# chromium + chromium-driver: the web page's tests run in a real (headless) browser, through selenium.
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v hdhomerun_config >/dev/null || missing="$$missing hdhomerun-config"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	$(PY) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

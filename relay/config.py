@@ -178,6 +178,38 @@ class ChannelsFromGuideConfig(_Model):
     numbering: NumberingConfig = NumberingConfig()
 
 
+# ---- the web page (relay/web) and the operators' metrics: issue 19 ---------------------------------------
+SECRET_HASH = r"scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9_-]+\$[A-Za-z0-9_-]+"  # relay.web.auth.hash_secret's form
+
+
+class UiConfig(_Model):
+    """`ui:` the page at /ui. Secrets are stored only as hashes (`relay ui-hash` makes one)."""
+
+    password: str | None = None  # scrypt$... of the login password
+    token: str | None = None  # scrypt$... of an API token (Authorization: Bearer), also accepted at login
+    public_status: bool = False  # Status, Timeline and the live feed readable without login
+    session_h: float = Field(12.0, gt=0)  # a login lasts this long
+    login_attempts: int = Field(5, ge=1)  # failed logins per client address within login_window_s
+    login_window_s: float = Field(300.0, gt=0)
+    status_interval_s: float = Field(2.0, gt=0)  # live feed: one status push to all viewers this often
+    max_viewers: int = Field(500, ge=1)  # live-feed connections; beyond it 503
+
+    @field_validator("password", "token")
+    @classmethod
+    def _hashed(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(SECRET_HASH, v):
+            raise ValueError("must be a hash (scrypt$...), never the secret itself: run `relay ui-hash`")
+        return v
+
+
+class MetricsConfig(_Model):
+    channel_label: bool = False  # relay_failovers gets a channel label (one series per channel)
+    channel_label_max: int = Field(50, ge=1)  # at most this many channels labelled; the rest are "other"
+
+
+# ---- end of issue 19's additions ------------------------------------------------------------------------
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -188,6 +220,8 @@ class Config(_Model):
     sync: SyncConfig = SyncConfig()
     channels_from_guide: ChannelsFromGuideConfig = ChannelsFromGuideConfig()
     notify: tuple[NotifyTarget, ...] = ()  # webhooks: every warn/error event is POSTed as JSON
+    ui: UiConfig = UiConfig()  # issue 19
+    metrics: MetricsConfig = MetricsConfig()  # issue 19
     accounts: tuple[AccountConfig, ...] = ()
     channels: tuple[ChannelConfig, ...] = ()
     base_dir: Path = Field(default=Path("."), exclude=True)  # the config file's folder

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from relay import config as config_mod
-from relay.cli import commands
+from relay.cli import commands, ui_hash
 from relay.config import ConfigError
 
 
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--fault-every", type=float, default=20.0, help="seconds between injected faults")
     d.set_defaults(func=cmd_demo)
     commands.add_parsers(sub)  # sync, channels, map, unmap, events
+    ui_hash.add_parser(sub)  # issue 19: the web page's password hash
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     return int(args.func(args))

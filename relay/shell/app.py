@@ -31,6 +31,7 @@ from relay.storage.notify import Notifier
 from relay.storage.store import Store
 from relay.tuner import hdhomerun
 from relay.tuner.discovery import device_info, start_discovery
+from relay.web import register as register_ui  # issue 19: the web page
 
 log = logging.getLogger("relay")
 
@@ -79,6 +80,7 @@ class Relay:
             ("/stream/", ("GET", "HEAD"), self._stream),
             ("/auto/v", ("GET", "HEAD"), self._auto),
         ]
+        self.ui = register_ui(self)  # issue 19: /ui and /ui/... (relay/web)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -92,7 +94,7 @@ class Relay:
         self.store.sync_config(cfg)
         self._load_channels()
         self.events = EventLog(cfg.path(cfg.storage.events), db, clock=self.wall_clock)
-        self.events.listeners += [self.metrics.on_event, self.notifier.on_event]
+        self.events.listeners += [self.metrics.on_event, self.notifier.on_event, self.ui.on_event]
         await self.events.open()
         self.notifier.start()
         self.shared = Shared(
@@ -135,6 +137,7 @@ class Relay:
             d.close()
         await self.guide.stop()
         await stop_sync(self.sync_task)
+        await self.ui.close()  # issue 19
         for s in list(self.sessions):
             s.close("Shutdown")
         for c in list(self.connections):
@@ -158,6 +161,7 @@ class Relay:
         """After a sync: new channels in the lineup and guide, the panels' connection limits."""
         before = len(self.channels)
         self._load_channels()
+        self.ui.synced(report)  # issue 19: the page shows the last report
         if self.shared is not None and self.store is not None:
             self.shared.slots.limits.update(account_limits(self.cfg, self.store))
             reported = {a.name: a.active_cons for a in report.accounts if a.active_cons is not None}
