@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import orjson
-import pytest
 
 from relay.sources.sync import remap
 from tests.fake_provider import FakeProvider
@@ -214,7 +213,8 @@ async def test_disable_and_number_change_the_lineup(provider: FakeProvider, tmp_
     cfg = with_ui(config_for(tmp_path, provider, {"ch1": [("a", 1)]}))
     async with running_relay(cfg, tmp_path) as relay:
         relay.store.conn.execute(
-            "INSERT INTO xmltv_channels (id, display_name, number, served) VALUES ('bbc.uk', 'BBC One', '1000', 1)"
+            "INSERT INTO xmltv_channels (id, display_name, number, served)"
+            " VALUES ('bbc.uk', 'BBC One', '1000', 1)"
         )
         relay._load_channels()
         ui = UiClient(relay.port)
@@ -270,7 +270,7 @@ async def test_a_sync_from_the_page_reports_accounts_and_skipped_streams_without
     provider: FakeProvider, tmp_path: Path
 ):
     streams = [Stream(11, "UK: BBC One FHD", "bbcone.uk"), Stream(16, "24/7 Movies", None)]
-    guide = b'<?xml version="1.0"?><tv><channel id="bbcone.uk"><display-name>BBC One</display-name></channel></tv>'
+    guide = b'<tv><channel id="bbcone.uk"><display-name>BBC One</display-name></channel></tv>'
     with FakeXtream(streams=streams, xmltv=guide) as xt:
         cfg = with_ui(config_for(tmp_path, provider, {"ch1": [("a", 1)]}))
         cfg["accounts"].append(
