@@ -153,12 +153,22 @@ class GuideConfig(_Model):
 
 
 class NotifyTarget(_Model):
-    url: str
+    url: str | None = None  # a webhook: each warn/error event POSTed as its JSON
+    # issue 19: an apprise URL (discord://, tgram://, ntfy://, mailto://...): the events in words,
+    # and accounts that expire within expiry_days
+    apprise: str | None = None
+    expiry_days: int = Field(7, ge=0)
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, v: str) -> str:
-        return http_url(v)
+    def _http_url(cls, v: str | None) -> str | None:
+        return None if v is None else http_url(v)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> NotifyTarget:
+        if (self.url is None) == (self.apprise is None):
+            raise ValueError("give exactly one of url or apprise")
+        return self
 
 
 class SyncConfig(_Model):

@@ -59,8 +59,18 @@ class Relay:
         self.discovery: list[Any] = []
         self._reconciler: asyncio.TimerHandle | None = None
         self.sync_task: asyncio.Task[None] | None = None  # relay.sources.sync: accounts and guide channels
-        self.metrics = Metrics(lambda: self.sessions, lambda: self.shared.slots if self.shared else None)
-        self.notifier = Notifier([n.url for n in cfg.notify])
+        self.metrics = Metrics(
+            lambda: self.sessions,
+            lambda: self.shared.slots if self.shared else None,
+            accounts=lambda: self.store.accounts() if self.store else [],  # issue 19: per-account gauges
+            options=cfg.metrics,
+            wall_clock=wall_clock,
+        )
+        self.notifier = Notifier(
+            [n.url for n in cfg.notify if n.url],
+            apprise=[(n.apprise, n.expiry_days) for n in cfg.notify if n.apprise],  # issue 19: in words
+            names=lambda: {c.id: c.name for c in self.channels},
+        )
         self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h, channels=lambda: self.channels)
         get = ("GET", "HEAD")
         self.routes: dict[str, tuple[tuple[str, ...], Handler]] = {
@@ -162,6 +172,9 @@ class Relay:
         before = len(self.channels)
         self._load_channels()
         self.ui.synced(report)  # issue 19: the page shows the last report
+        self.metrics.synced(report)  # issue 19
+        if self.store is not None:  # issue 19: accounts that expire soon, in words
+            self.notifier.accounts_synced(self.store.accounts(), self.wall_clock())
         if self.shared is not None and self.store is not None:
             self.shared.slots.limits.update(account_limits(self.cfg, self.store))
             reported = {a.name: a.active_cons for a in report.accounts if a.active_cons is not None}
