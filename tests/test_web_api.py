@@ -182,8 +182,11 @@ async def test_map_reorder_unmap_follow_relay_maps_rules_and_the_next_tune_uses_
             r = await ui.post("/ui/api/channels/map", bad)
             assert r.status == 400 and why in r.json()["error"], (bad, r.body)
         chans = {c["id"]: c for c in (await ui.get("/ui/api/channels")).json()["channels"]}
-        assert [s["stream"] for s in chans["ch1"]["streams"]] == ["a/1", "b/2", "c/3"]
-        assert chans["ch1"]["streams"][0]["name"] == "Alpha HD" and chans["cfg"]["from"] == "config"
+        assert chans["ch1"]["streams"] == 3 and chans["cfg"]["from"] == "config"
+        one = (await ui.get("/ui/api/channel?id=ch1")).json()["streams"]
+        assert [s["stream"] for s in one] == ["a/1", "b/2", "c/3"]
+        assert (one[0]["name"], one[0]["quality"], one[0]["source"]) == ("Alpha HD", "HD", "manual")
+        assert (await ui.get("/ui/api/channel?id=nope")).status == 400
 
         r = await ui.post("/ui/api/channels/order", {"channel": "ch1", "streams": ["c/3", "a/1", "b/2"]})
         assert r.status == 200 and r.json()["streams"] == ["c/3", "a/1", "b/2"]

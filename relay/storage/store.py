@@ -539,6 +539,10 @@ class Store:
             d["channels"] = d["channels"].split(" ") if d["channels"] else []
         return int(total), out
 
+    def mapping_counts(self) -> dict[str, int]:
+        """Streams mapped per channel (inactive accounts included): the channel list's column."""
+        return dict(self.conn.execute("SELECT xmltv_channel_id, COUNT(*) FROM channel_mappings GROUP BY 1"))
+
     def disabled_channels(self) -> set[str]:
         return {cid for (cid,) in self.conn.execute("SELECT id FROM xmltv_channels WHERE disabled=1")}
 

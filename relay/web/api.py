@@ -205,6 +205,7 @@ class WebUi:
             "api/status": self._status,
             "api/events": self._events,
             "api/channels": self._channels,
+            "api/channel": self._channel,
             "api/streams": self._streams,
             "api/sync": self._sync_report,
         }
@@ -512,26 +513,13 @@ class WebUi:
         return {"events": [event_view(e) for e in rows]}
 
     async def _channels(self, req: Request, authed: bool) -> Any:
+        """Every channel with its stream count: small enough for 5,000 channels in one answer."""
         cfg = self.relay.cfg
 
         def read(db: Store) -> Any:
-            chans = channel_list(cfg, db, include_disabled=True)
-            disabled = db.disabled_channels()
-            streams: dict[str, list[dict[str, Any]]] = {}
-            for s in db.mapped_streams():
-                streams.setdefault(s.channel_id, []).append(
-                    {
-                        "stream": f"{s.account}/{s.stream_id}",
-                        "name": s.name,
-                        "quality": quality_of(s.name),
-                        "priority": s.priority,
-                        "source": s.source,
-                        "active": s.active,
-                    }
-                )
-            return chans, disabled, streams
+            return channel_list(cfg, db, include_disabled=True), db.disabled_channels(), db.mapping_counts()
 
-        chans, disabled, streams = await self._db_call(read)
+        chans, disabled, counts = await self._db_call(read)
         in_config = {c.id for c in cfg.channels}
         return {
             "channels": [
@@ -541,10 +529,34 @@ class WebUi:
                     "number": c.number,
                     "from": "config" if c.id in in_config else "guide",
                     "enabled": c.id not in disabled,
-                    "streams": streams.get(c.id, []),
+                    "streams": counts.get(c.id, 0),
                 }
                 for c in chans
             ]
+        }
+
+    async def _channel(self, req: Request, authed: bool) -> Any:
+        """One channel's streams, in the order they are tried."""
+        cid = _query(req).get("id") or ""
+
+        def read(db: Store) -> Any:
+            self._known(db, cid)
+            return db.mapped_streams(cid)
+
+        rows = await self._db_call(read)
+        return {
+            "channel": cid,
+            "streams": [
+                {
+                    "stream": f"{s.account}/{s.stream_id}",
+                    "name": s.name,
+                    "quality": quality_of(s.name),
+                    "priority": s.priority,
+                    "source": s.source,
+                    "active": s.active,
+                }
+                for s in rows
+            ],
         }
 
     async def _streams(self, req: Request, authed: bool) -> Any:

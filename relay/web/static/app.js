@@ -74,6 +74,8 @@ async function boot() {
   $("d-order-save").addEventListener("click", saveOrder);
   $("d-find").addEventListener("input", debounce(findStreams, 200));
   $("sync-now").addEventListener("click", syncNow);
+  document.querySelector("#channels .list").addEventListener("scroll", onListScroll, { passive: true });
+  window.addEventListener("hashchange", () => { if (S.logged || S.open) show(location.hash.slice(1) || "status"); });
   const info = await api("session");
   S.csrf = info.csrf;
   S.logged = info.logged_in;
@@ -253,30 +255,58 @@ async function loadChannels() {
     renderChannels();
     document.body.dataset.channelsRendered = String(performance.now());
     document.body.dataset.channelsMs = String(performance.now() - t0);
+    // after the next frame: the table is laid out and painted (bench/ui.py reads this)
+    requestAnimationFrame(() => setTimeout(() => (document.body.dataset.channelsPainted = String(performance.now()))));
     if (S.selected) select(S.selected);
   } catch (e) { failed(e); }
 }
 
+// The channel list can hold 20,000 rows: only the rows in view (and a margin) are in the DOM, between
+// two spacer rows of the height of the rest, redrawn as the list scrolls.
+const ROW_H = 30;  // px: #channel-table tbody tr's height in app.css
+const MARGIN = 30;  // rows drawn above and below the visible ones
+S.list = [];
+
 function renderChannels() {
   const q = $("ch-search").value.trim().toLowerCase();
-  const list = q ? S.channels.filter((c) => c.name.toLowerCase().includes(q) || c.id.toLowerCase().includes(q) || c.number === q) : S.channels;
-  const frag = document.createDocumentFragment();
-  for (const c of list) {
-    frag.append(el("tr", { "data-id": c.id, class: (c.enabled ? "" : "off") + (c.id === S.selected ? " selected" : ""),
-      onclick: () => select(c.id) },
-    el("td", { class: "num" }, c.number), el("td", null, c.name), el("td", { class: "muted" }, c.id),
-    el("td", { class: "num" }, c.streams.length), el("td", null, c.enabled ? "✓" : "–")));
-  }
-  $("channel-table").tBodies[0].replaceChildren(frag);
-  $("ch-count").textContent = `${list.length} of ${S.channels.length} channels`;
+  S.list = q ? S.channels.filter((c) => c.name.toLowerCase().includes(q) || c.id.toLowerCase().includes(q) || c.number === q) : S.channels;
+  $("ch-count").textContent = `${S.list.length} of ${S.channels.length} channels`;
+  drawRows();
 }
 
-function select(id) {
+function spacer(rows) {
+  const tr = el("tr", { class: "spacer", "aria-hidden": "true" });
+  tr.style.height = `${rows * ROW_H}px`;
+  return tr;
+}
+
+function drawRows() {
+  const box = document.querySelector("#channels .list");
+  const first = Math.max(0, Math.floor(box.scrollTop / ROW_H) - MARGIN);
+  const shown = S.list.slice(first, first + Math.ceil((box.clientHeight || 900) / ROW_H) + 2 * MARGIN);
+  const rows = shown.map((c) => el("tr", { "data-id": c.id, class: (c.enabled ? "" : "off") + (c.id === S.selected ? " selected" : ""),
+    onclick: () => select(c.id) },
+  el("td", { class: "num" }, c.number), el("td", null, c.name), el("td", { class: "muted" }, c.id),
+  el("td", { class: "num" }, c.streams), el("td", null, c.enabled ? "✓" : "–")));
+  $("channel-table").tBodies[0].replaceChildren(spacer(first), ...rows, spacer(S.list.length - first - shown.length));
+}
+
+let drawPending = false;
+function onListScroll() {
+  if (drawPending) return;
+  drawPending = true;
+  requestAnimationFrame(() => { drawPending = false; drawRows(); });
+}
+
+async function select(id) {
   const c = S.channels.find((x) => x.id === id);
   if (!c) return;
   S.selected = id;
-  S.order = c.streams.slice();
-  for (const tr of $("channel-table").tBodies[0].rows) tr.classList.toggle("selected", tr.dataset.id === id);
+  let detail;
+  try { detail = await api("channel?" + new URLSearchParams({ id })); } catch (e) { if (!failed(e)) say(e.message, false); return; }
+  if (S.selected !== id) return;  // another channel was clicked meanwhile
+  S.order = detail.streams;
+  for (const tr of $("channel-table").tBodies[0].rows) if (tr.dataset.id) tr.classList.toggle("selected", tr.dataset.id === id);
   $("detail").hidden = false;
   $("d-name").textContent = c.name;
   $("d-id").textContent = c.id;
@@ -339,8 +369,7 @@ async function findStreams() {
       el("span", { class: "sname" }, s.name || ""),
       s.category ? el("span", { class: "tag" }, s.category) : null,
       el("button", { type: "button", class: "map", onclick: () => {
-        const c = S.channels.find((x) => x.id === S.selected);
-        change("channels/map", { channel: S.selected, stream: s.stream, priority: c ? c.streams.length : 0 },
+        change("channels/map", { channel: S.selected, stream: s.stream, priority: S.order.length },
           `${s.stream} mapped (manual: a sync keeps it).`);
       } }, "Add"))));
   } catch (e) { failed(e); }
