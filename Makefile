@@ -40,6 +40,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.failover
 	$(VENV)/bin/python -m bench.splice
+	$(VENV)/bin/python -m bench.ui
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check relay tests bench
