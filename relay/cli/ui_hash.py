@@ -12,10 +12,10 @@ import secrets
 import sys
 from typing import Any
 
-from relay.web.auth import MAX_SECRET, hash_secret
-
 
 def cmd_ui_hash(args: argparse.Namespace) -> int:
+    from relay.web.auth import MAX_SECRET, hash_secret
+
     if args.token:
         token = secrets.token_urlsafe(32)
         print(f"token (give it to the script, it is not stored): {token}", file=sys.stderr)
