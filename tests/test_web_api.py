@@ -349,3 +349,25 @@ async def test_the_live_feed_pushes_events_and_status_to_every_viewer(provider: 
             writer.close()
         await until(lambda: not relay.ui.feed.viewers, what="viewers gone")
         await c.close()
+
+
+def test_relay_ui_hash_prints_a_hash_the_config_takes_and_never_the_secret(tmp_path: Path):
+    import subprocess
+    import sys
+
+    from relay.config import parse
+    from relay.web.auth import verify_secret
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "relay", "ui-hash"], input="s3cret pass\n", capture_output=True,
+                       text=True, cwd=root, timeout=60)  # fmt: skip
+    assert r.returncode == 0 and "s3cret" not in r.stdout + r.stderr
+    h = r.stdout.strip()
+    assert verify_secret("s3cret pass", h) and parse({"ui": {"password": h}}).ui.password == h
+    t = subprocess.run([sys.executable, "-m", "relay", "ui-hash", "--token"], capture_output=True, text=True,
+                       cwd=root, timeout=60)  # fmt: skip
+    token = t.stderr.rsplit(": ", 1)[1].strip()
+    assert len(token) >= 40 and verify_secret(token, t.stdout.strip()) and token not in t.stdout
+    empty = subprocess.run([sys.executable, "-m", "relay", "ui-hash"], input="\n", capture_output=True,
+                           text=True, cwd=root, timeout=60)  # fmt: skip
+    assert empty.returncode == 2 and "give a password" in empty.stderr
