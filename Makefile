@@ -15,13 +15,16 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # ffmpeg makes the test/demo media and is the real client in tests; hdhomerun_config is SiliconDust's client;
-# systemd-analyze checks deploy/relay.service.
+# systemd-analyze checks deploy/relay.service; chromium + chromium-driver: the web page's tests run in a
+# real (headless) browser, through selenium.
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v hdhomerun_config >/dev/null || missing="$$missing hdhomerun-config"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	$(PY) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -54,6 +57,7 @@ test-container: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.failover
 	$(VENV)/bin/python -m bench.splice
+	$(VENV)/bin/python -m bench.ui
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check relay tests bench

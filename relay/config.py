@@ -190,12 +190,22 @@ class GuideConfig(_Model):
 
 
 class NotifyTarget(_Model):
-    url: str
+    url: str | None = None  # a webhook: each warn/error event POSTed as its JSON
+    # issue 19: an apprise URL (discord://, tgram://, ntfy://, mailto://...): the events in words,
+    # and accounts that expire within expiry_days
+    apprise: str | None = None
+    expiry_days: int = Field(7, ge=0)
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, v: str) -> str:
-        return http_url(v)
+    def _http_url(cls, v: str | None) -> str | None:
+        return None if v is None else http_url(v)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> NotifyTarget:
+        if (self.url is None) == (self.apprise is None):
+            raise ValueError("give exactly one of url or apprise")
+        return self
 
 
 class SyncConfig(_Model):
@@ -215,6 +225,38 @@ class ChannelsFromGuideConfig(_Model):
     numbering: NumberingConfig = NumberingConfig()
 
 
+# ---- the web page (relay/web) and the operators' metrics: issue 19 ---------------------------------------
+SECRET_HASH = r"scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9_-]+\$[A-Za-z0-9_-]+"  # relay.web.auth.hash_secret's form
+
+
+class UiConfig(_Model):
+    """`ui:` the page at /ui. Secrets are stored only as hashes (`relay ui-hash` makes one)."""
+
+    password: str | None = None  # scrypt$... of the login password
+    token: str | None = None  # scrypt$... of an API token (Authorization: Bearer), also accepted at login
+    public_status: bool = False  # Status, Timeline and the live feed readable without login
+    session_h: float = Field(12.0, gt=0)  # a login lasts this long
+    login_attempts: int = Field(5, ge=1)  # failed logins per client address within login_window_s
+    login_window_s: float = Field(300.0, gt=0)
+    status_interval_s: float = Field(2.0, gt=0)  # live feed: one status push to all viewers this often
+    max_viewers: int = Field(500, ge=1)  # live-feed connections; beyond it 503
+
+    @field_validator("password", "token")
+    @classmethod
+    def _hashed(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(SECRET_HASH, v):
+            raise ValueError("must be a hash (scrypt$...), never the secret itself: run `relay ui-hash`")
+        return v
+
+
+class MetricsConfig(_Model):
+    channel_label: bool = False  # relay_failovers gets a channel label (one series per channel)
+    channel_label_max: int = Field(50, ge=1)  # at most this many channels labelled; the rest are "other"
+
+
+# ---- end of issue 19's additions ------------------------------------------------------------------------
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -225,6 +267,8 @@ class Config(_Model):
     sync: SyncConfig = SyncConfig()
     channels_from_guide: ChannelsFromGuideConfig = ChannelsFromGuideConfig()
     notify: tuple[NotifyTarget, ...] = ()  # webhooks: every warn/error event is POSTed as JSON
+    ui: UiConfig = UiConfig()  # issue 19
+    metrics: MetricsConfig = MetricsConfig()  # issue 19
     accounts: tuple[AccountConfig, ...] = ()
     channels: tuple[ChannelConfig, ...] = ()
     base_dir: Path = Field(default=Path("."), exclude=True)  # the config file's folder

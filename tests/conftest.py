@@ -10,6 +10,7 @@ import pytest
 import uvloop
 from hypothesis import settings
 
+from tests.browser import chromium  # noqa: F401 - the web page's tests' headless browser (a fixture)
 from tests.fake_provider import FakeProvider
 from tests.media import make_ts, require_ffmpeg
 

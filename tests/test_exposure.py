@@ -27,11 +27,13 @@ USERNAME = "user-ID-4711"
 
 # every route a client can reach, reviewed: none writes state or needs a token (POST /lineup.post is
 # Plex's scan and answers {} without doing anything). A new route must be added here on purpose.
+# /ui and /ui/... (the web page): every change needs a login and a CSRF token, reads a login unless
+# ui.public_status, and no secret reaches it (tests/test_web_api.py).
 ROUTES = {
     "/health", "/discover.json", "/lineup.json", "/lineup.m3u", "/lineup_status.json", "/lineup.post",
-    "/device.xml", "/", "/xmltv.xml", "/metrics", "/status",
+    "/device.xml", "/", "/xmltv.xml", "/metrics", "/status", "/ui",
 }  # fmt: skip
-PREFIXES = {"/stream/", "/auto/v"}
+PREFIXES = {"/stream/", "/auto/v", "/ui/"}
 
 
 def hits(blob: bytes) -> list[str]:

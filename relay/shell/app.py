@@ -33,6 +33,7 @@ from relay.storage.notify import Notifier
 from relay.storage.store import Store
 from relay.tuner import hdhomerun
 from relay.tuner.discovery import device_info, start_discovery
+from relay.web import register as register_ui  # issue 19: the web page
 
 log = logging.getLogger("relay")
 
@@ -78,8 +79,15 @@ class Relay:
         self.metrics = Metrics(
             lambda now: [s.status(now) for s in self.sessions],
             lambda: self.shared.slots if self.shared else None,
+            accounts=lambda: self.store.accounts() if self.store else [],  # issue 19: per-account gauges
+            options=cfg.metrics,
+            wall_clock=wall_clock,
         )
-        self.notifier = Notifier([n.url for n in cfg.notify])
+        self.notifier = Notifier(
+            [n.url for n in cfg.notify if n.url],
+            apprise=[(n.apprise, n.expiry_days) for n in cfg.notify if n.apprise],  # issue 19: in words
+            names=lambda: {c.id: c.name for c in self.channels},
+        )
         self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h, channels=lambda: self.channels)
         get = ("GET", "HEAD")
         self.routes: dict[str, tuple[tuple[str, ...], Handler]] = {
@@ -99,6 +107,7 @@ class Relay:
             ("/stream/", ("GET", "HEAD"), self._stream),
             ("/auto/v", ("GET", "HEAD"), self._auto),
         ]
+        self.ui = register_ui(self)  # issue 19: /ui and /ui/... (relay/web)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -120,7 +129,7 @@ class Relay:
             keep=st.events_keep,
             retention_days=st.event_log_days,
         )
-        self.events.listeners += [self.metrics.on_event, self.notifier.on_event]
+        self.events.listeners += [self.metrics.on_event, self.notifier.on_event, self.ui.on_event]
         await self.events.open()
         self.notifier.start()
         self.shared = Shared(
@@ -164,6 +173,7 @@ class Relay:
             d.close()
         await self.guide.stop()
         await stop_sync(self.sync_task)
+        await self.ui.close()  # issue 19
         for s in list(self.sessions):
             s.close("Shutdown")
         for c in list(self.connections):
@@ -187,6 +197,10 @@ class Relay:
         """After a sync: new channels in the lineup and guide, the panels' connection limits."""
         before = len(self.channels)
         self._load_channels()
+        self.ui.synced(report)  # issue 19: the page shows the last report
+        self.metrics.synced(report)  # issue 19
+        if self.store is not None:  # issue 19: accounts that expire soon, in words
+            self.notifier.accounts_synced(self.store.accounts(), self.wall_clock())
         if self.shared is not None and self.store is not None:
             self.shared.slots.limits.update(account_limits(self.cfg, self.store))
             self.shared.directory = self.store.stream_directory()

@@ -10,13 +10,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from relay.config import MetricsConfig
     from relay.core.failover import Slots
     from relay.core.status import SessionStatus
+    from relay.sources.sync import SyncReport
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SWITCH_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
@@ -28,8 +30,17 @@ class Metrics:
         sessions: Callable[[float], Iterable[SessionStatus]],
         slots: Callable[[], Slots | None],
         clock: Callable[[], float] = time.monotonic,
+        *,
+        accounts: Callable[[], Iterable[dict[str, Any]]] = list,
+        options: MetricsConfig | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._accounts = accounts  # the accounts table's rows (relay.storage.store.Store.accounts)
+        self._wall_clock = wall_clock
+        self.channel_label = options.channel_label if options is not None else False
+        self.channel_label_max = options.channel_label_max if options is not None else 0
+        self._labelled: set[str] = set()
         self._sessions = sessions
         self._slots = slots
         self._clock = clock
@@ -38,7 +49,8 @@ class Metrics:
         self.exhausted = 0
         self.last_failover: dict[str, dict[str, Any]] = {}
         r = self.registry
-        self.failovers = Counter("relay_failovers", "Recovered failovers by reason", ["reason"], registry=r)
+        labels = ["reason", "channel"] if self.channel_label else ["reason"]  # metrics.channel_label
+        self.failovers = Counter("relay_failovers", "Recovered failovers by reason", labels, registry=r)
         self.exhaustions = Counter("relay_exhaustions", "Channels whose every stream failed", registry=r)
         self.upgrades = Counter("relay_upgrades", "Returns to a better stream", registry=r)
         self.upgrade_failures = Counter("relay_upgrade_failures", "Upgrade probes that failed", registry=r)
@@ -51,13 +63,29 @@ class Metrics:
             "relay_switch_seconds", "Detection to first backup byte", buckets=SWITCH_BUCKETS, registry=r
         )
         r.register(_LiveCollector(self))
+        # ---- issue 19: sync metrics and the process collector ----
+        self.sync_seconds = Gauge("relay_sync_duration_seconds", "How long the last sync took", registry=r)
+        self.sync_at = Gauge(
+            "relay_sync_last_timestamp_seconds", "When the last sync ended (Unix)", registry=r
+        )
+        self.syncs = Counter(
+            "relay_syncs", "Completed syncs by result (ok: every account usable)", ["result"], registry=r
+        )
+        self.sync_accounts = Gauge(
+            "relay_sync_accounts", "Accounts by state at the last sync", ["state"], registry=r
+        )
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
 
     def on_event(self, e: dict[str, Any]) -> None:
         """EventLog listener: count what happened."""
         name = e.get("event")
         if name == "failover":
             self.recovered += 1
-            self.failovers.labels(reason=e.get("reason") or "unknown").inc()
+            reason = e.get("reason") or "unknown"
+            if self.channel_label:
+                self.failovers.labels(reason=reason, channel=self._channel_label(e.get("channel"))).inc()
+            else:
+                self.failovers.labels(reason=reason).inc()
             if isinstance(e.get("switch_ms"), int | float):
                 self.switch_seconds.observe(e["switch_ms"] / 1000)
             self.last_failover[e.get("channel") or ""] = {
@@ -77,11 +105,31 @@ class Metrics:
         elif name == "hls_skipped":
             self.hls_skipped.inc(e.get("skipped_segments") or 0)
 
+    def _channel_label(self, channel: Any) -> str:
+        """The channel's id for the first `channel_label_max` channels seen, then "other": bounded."""
+        ch = str(channel or "unknown")
+        if ch in self._labelled:
+            return ch
+        if len(self._labelled) < self.channel_label_max:
+            self._labelled.add(ch)
+            return ch
+        return "other"
+
+    def synced(self, report: SyncReport) -> None:
+        """After a completed sync (relay.shell.app)."""
+        self.sync_seconds.set(report.seconds)
+        self.sync_at.set(self._wall_clock())
+        states = [a.state for a in report.accounts]
+        ok = all(st in ("ok", "off") for st in states) and not report.guide.errors
+        self.syncs.labels(result="ok" if ok else "degraded").inc()
+        for st in ("ok", "inactive", "no_api", "down", "off"):
+            self.sync_accounts.labels(state=st).set(states.count(st))
+
     def session_ended(self, s: SessionStatus) -> None:
         self.ended_bytes += s.bytes_out
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(_WithoutCreated(self.registry))  # type: ignore[arg-type]
 
     def status(self) -> dict[str, Any]:
         out = []
@@ -117,6 +165,18 @@ class Metrics:
         return 1.0 if ok + bad == 0 else ok / (ok + bad)
 
 
+class _WithoutCreated:
+    """The registry without the `*_created` samples (one per counter and histogram, noise to scrapers)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.registry.collect():
+            family.samples = [x for x in family.samples if not x.name.endswith("_created")]
+            yield family
+
+
 class _LiveCollector(Collector):
     """Gauges read from the sessions at scrape time."""
 
@@ -143,3 +203,33 @@ class _LiveCollector(Collector):
         g = GaugeMetricFamily("relay_recovery_ratio", "Failures recovered by a failover (NFR11)")
         g.add_metric([], self.m.recovery_ratio())
         yield g
+        yield from self._accounts(slots)
+
+    def _accounts(self, slots: Slots | None) -> Iterator[Any]:
+        """Issue 19: per-account gauges, from the accounts table and the slot ledger."""
+        rows = list(self.m._accounts())
+        now = self.m._wall_clock()
+        active = GaugeMetricFamily(
+            "relay_account_active", "1 if the account is used, 0 if not", labels=["account"]
+        )
+        cons = GaugeMetricFamily(
+            "relay_account_connections_active", "Provider connections open", labels=["account"]
+        )
+        cmax = GaugeMetricFamily(
+            "relay_account_connections_max", "Provider connections allowed", labels=["account"]
+        )
+        exp = GaugeMetricFamily(
+            "relay_account_expiry_seconds",
+            "Seconds until the account expires (absent: never)",
+            labels=["account"],
+        )
+        for a in rows:
+            name = a["name"]
+            active.add_metric([name], int(bool(a.get("is_active"))))
+            held = slots.held.get(name, 0) if slots is not None else 0
+            limit = slots.limits.get(name, a.get("max_connections")) if slots is not None else None
+            cons.add_metric([name], held)
+            cmax.add_metric([name], limit if limit is not None else a.get("max_connections") or 0)
+            if a.get("exp_date"):
+                exp.add_metric([name], a["exp_date"] - now)
+        yield from (active, cons, cmax, exp)

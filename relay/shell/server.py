@@ -3,8 +3,9 @@
 It stays small: callbacks collect one request at a time, a complete request goes to the
 router (relay/app.py), and a stream response is an Output of a channel session. Bad input gets a
 short error and a close, never an exception out of a callback: a malformed request (400), a head
-over `server.max_head_bytes` (431), a URL too long (414), a request (head and body) that does not
-complete within `server.header_timeout_s` (close), a connection beyond `server.max_clients` (503).
+over `server.max_head_bytes` (431), a body over it (413), a URL too long (414), a request (head and
+body) that does not complete within `server.header_timeout_s` (close), a connection beyond
+`server.max_clients` (503).
 A connection we close is aborted if its client has not taken the rest of the response within
 CLOSE_GRACE_S, so a client that never reads cannot keep a socket and its buffer forever.
 """
@@ -78,6 +79,7 @@ class HttpProtocol(asyncio.Protocol):
         self.peer = ""
         self._url = bytearray()
         self._headers: dict[str, str] = {}
+        self._body = bytearray()  # a POST's body (the /ui API), bounded like the head
         self._head_bytes = 0
         self._raw_head_bytes = 0
         self._headers_done = False
@@ -151,6 +153,7 @@ class HttpProtocol(asyncio.Protocol):
         self._head_bytes = 0
         self._url = bytearray()
         self._headers = {}
+        self._body = bytearray()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -173,6 +176,11 @@ class HttpProtocol(asyncio.Protocol):
         self._headers_done = True
         self._raw_head_bytes = 0  # the timer runs on: a body that never ends is a slowloris too
 
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+        if len(self._body) > self.max_head_bytes:  # only the /ui API takes a body, and a small one
+            self._error(413, "Request body too large")
+
     def on_message_complete(self) -> None:
         if self._closed or self.streaming:
             return
@@ -191,6 +199,7 @@ class HttpProtocol(asyncio.Protocol):
             http_version=self.parser.get_http_version(),
             keep_alive=self.parser.should_keep_alive(),
             peer=self.peer,
+            body=self._body,
         )
         self.chunked = req.http_version != "1.0"
         try:

@@ -482,9 +482,10 @@ async def stop_sync(task: asyncio.Task[None] | None) -> None:
 # ---- what the relay serves ---------------------------------------------------------------------------
 
 
-def channel_list(cfg: Config, store: Store) -> list[ChannelConfig]:
+def channel_list(cfg: Config, store: Store, *, include_disabled: bool = False) -> list[ChannelConfig]:
     """The relay's channels: the config's, exactly as written, then the guide channels the last sync
-    selected, by number. With no sync data this is `cfg.channels`.
+    selected, by number. With no sync data this is `cfg.channels`. Channels the web page disabled are
+    left out (of the lineup, the guide and /stream/) unless `include_disabled`.
 
     Guide channels keep their XMLTV id (so `Store.candidates(id)` and the guide re-keying find them),
     which may hold characters the config's id rule refuses; the server unquotes /stream/ paths and
@@ -499,7 +500,10 @@ def channel_list(cfg: Config, store: Store) -> list[ChannelConfig]:
         out.append(ChannelConfig.model_construct(id=cid, name=name, number=number, hd=hd, streams=()))
         ids.add(cid)
         numbers.add(number)
-    return out
+    if include_disabled:
+        return out
+    disabled = store.disabled_channels()
+    return [c for c in out if c.id not in disabled] if disabled else out
 
 
 def account_limits(cfg: Config, store: Store) -> dict[str, int]:
