@@ -19,6 +19,8 @@
 
 The held output is a deque of (output index, segment): memoryviews of the upstream's reads (rewritten
 in place) and our own PSI packets (bytearrays, numbered when they go out, relay/ts/continuity.py).
+Over 400 lines because hold, lag and send-ahead share that one deque and its output indexes: apart,
+each would need the others' bookkeeping.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ object a concern and states each rule where it lives:
     relay/ts/pes.py, psi.py, packet.py, aligner.py   the formats
 
 This module keeps the per-packet path (what the columns cannot settle: PES starts, PCRs, PSI, unknown
-PIDs) and the clean entry, the bridge, NoVideo and the join prefix.
+PIDs) and the clean entry, the bridge, NoVideo and the join prefix. It is over 400 lines because the
+public API's docstrings are the contract the session (relay/shell/session.py) is written against.
 
 Public API
 ----------
