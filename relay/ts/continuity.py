@@ -117,7 +117,6 @@ class Continuity:
     def restamp(b3: bytes, add: bytes) -> bytes:
         """Header byte 3 of every packet with its lane of ``add`` added to continuity_counter, mod 16."""
         n = len(b3)
-        low, delta, high = (
-            int.from_bytes(c, "little") for c in (b3.translate(LOW4_T), add, b3.translate(HIGH4_T))
-        )
-        return ((low + delta) & mask0f(n) | high).to_bytes(n, "little")
+        low = int.from_bytes(b3.translate(LOW4_T), "little")
+        high = int.from_bytes(b3.translate(HIGH4_T), "little")
+        return ((low + int.from_bytes(add, "little")) & mask0f(n) | high).to_bytes(n, "little")

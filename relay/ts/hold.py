@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from relay.ts.continuity import Continuity
 from relay.ts.packet import PAT_PID, TS_PACKET_SIZE, ones, pid_hi_table, pid_lo_table
@@ -256,7 +256,7 @@ class Hold:
     def release(
         self,
         out: list[bytes | memoryview],
-        routes: Iterable[Route],
+        routes: Collection[Route],
         now: float,
         pmt_pid: int | None,
         polled: bool = False,
@@ -268,10 +268,9 @@ class Hold:
         """
         limit = self.out_next
         since = now
-        entered = [route for route in routes if route.entered]
-        for route in entered:
+        for route in routes:
             o = route.out
-            if o.pes_start is not None:
+            if o.pes_start is not None and route.entered:
                 if not polled and now - o.pes_start_time > self.hold_max_s:
                     o.pes_start = None  # a stuck PID must not stall the program
                 elif o.pes_start < limit:
@@ -312,7 +311,7 @@ class Hold:
             and frames_done < due
             and now - since >= lag.lag_s + self.early_after_s
         ):
-            holding = {route.out.pid for route in entered if route.out.pes_start is not None}
+            holding = {route.out.pid for route in routes if route.entered and route.out.pes_start is not None}
             self._send_ahead(out, lag.due_after(self.out_next), holding, pmt_pid)
 
     def _emit(self, out: list[bytes | memoryview], idx: int, seg: memoryview) -> None:
