@@ -20,7 +20,7 @@ from tests.fake_provider import FakeProvider
 from tests.ffmpeg_client import FfmpegDecoder
 from tests.harness import TS, config_for, open_stream, read_events, request, running_relay, until
 from tests.media import make_ts, require_ffmpeg
-from tests.test_mpegts import Upstream, pid_of
+from tests.tsbuild import Upstream, pid_of
 
 SWITCHES = 4
 EVERY_S = 2.5

@@ -7,7 +7,7 @@ import asyncio
 from relay.shell.transcode import Transcoder, describe, ffmpeg_args
 from relay.ts import Splicer
 from tests.media import make_ts, require_ffmpeg
-from tests.test_mpegts import B_upstream, Upstream, pid_of, run
+from tests.tsbuild import B_upstream, Upstream, pid_of, run
 
 H264, AAC, MPEG2, MP2 = 0x1B, 0x0F, 0x02, 0x03
 

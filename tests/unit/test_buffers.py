@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from relay.core.buffers import ReadBuffer, unreferenced
 from relay.ts import PacketAligner, Splicer
-from tests.test_mpegts import TS, B_upstream, Upstream, cc_errors, join, pid_of, split
+from tests.tsbuild import TS, B_upstream, Upstream, cc_errors, join, pid_of, split
 
 
 def read_through(data: bytes, sizes: list[int], rb: ReadBuffer, aligner: PacketAligner) -> list[memoryview]:
