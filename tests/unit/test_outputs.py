@@ -11,7 +11,7 @@ from relay.core import events as ev
 from relay.core.flow import FlowControl
 from relay.shell.outputs import Outputs
 from relay.ts import Splicer
-from tests.test_mpegts import TS, Upstream, pid_of, split
+from tests.tsbuild import TS, Upstream, pid_of, split
 
 
 class Viewer:
