@@ -53,6 +53,7 @@ class ServerConfig(_Model):
 class StorageConfig(_Model):
     database: str = "relay.db"
     events: str = "events.jsonl"
+    group: str | None = None  # files the relay creates are 0600; with a group (name or gid): 0640, that group
 
 
 class FailoverConfig(_Model):

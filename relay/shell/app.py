@@ -27,6 +27,7 @@ from relay.shell.session import ChannelSession, Shared
 from relay.sources.guide import GuideCache
 from relay.sources.sync import SyncReport, account_limits, channel_list, start_sync, stop_sync
 from relay.storage.eventlog import EventLog
+from relay.storage.files import group_id
 from relay.storage.notify import Notifier
 from relay.storage.store import Store
 from relay.tuner import hdhomerun
@@ -88,10 +89,11 @@ class Relay:
         cfg = self.cfg
         db = cfg.path(cfg.storage.database)
         db.parent.mkdir(parents=True, exist_ok=True)
-        self.store = Store(db)
+        gid = group_id(cfg.storage.group)
+        self.store = Store(db, gid=gid)
         self.store.sync_config(cfg)
         self._load_channels()
-        self.events = EventLog(cfg.path(cfg.storage.events), db, clock=self.wall_clock)
+        self.events = EventLog(cfg.path(cfg.storage.events), db, clock=self.wall_clock, gid=gid)
         self.events.listeners += [self.metrics.on_event, self.notifier.on_event]
         await self.events.open()
         self.notifier.start()

@@ -22,6 +22,7 @@ from typing import Any
 import aiofiles
 import orjson
 
+from relay.storage.files import create_private
 from relay.storage.store import Store
 
 log = logging.getLogger("relay.storage.eventlog")
@@ -80,10 +81,18 @@ def message(event: str, f: dict[str, Any]) -> str:
 class EventLog:
     """Both sinks of the event stream, fed without blocking the loop."""
 
-    def __init__(self, jsonl_path: Path, db_path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        jsonl_path: Path,
+        db_path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        gid: int | None = None,
+    ) -> None:
         self.jsonl_path = Path(jsonl_path)
         self.db_path = Path(db_path)
         self.clock = clock
+        self.gid = gid  # storage.group: the files this creates are 0640 for it, else 0600
         self._queue: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -99,8 +108,9 @@ class EventLog:
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
-        self._store = await loop.run_in_executor(self._executor, Store, self.db_path)
+        self._store = await loop.run_in_executor(self._executor, lambda: Store(self.db_path, gid=self.gid))
         await loop.run_in_executor(self._executor, self._reconcile)
+        create_private(self.jsonl_path, self.gid)
         self._file = await aiofiles.open(self.jsonl_path, "ab")
         self._task = asyncio.create_task(self._writer(), name="relay-events-writer")
 

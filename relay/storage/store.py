@@ -17,6 +17,7 @@ import orjson
 
 from relay.config import Config
 from relay.core.failover import Candidate, rank_candidates
+from relay.storage.files import create_private
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -151,8 +152,10 @@ def connect(path: Path | str) -> sqlite3.Connection:
 
 
 class Store:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, gid: int | None = None) -> None:
         self.path = Path(path)
+        # SQLite gives its -wal and -shm files the database's mode: create it private first
+        create_private(self.path, gid)
         self.conn = connect(self.path)
         self.conn.executescript(SCHEMA)
         _add_columns(self.conn)
