@@ -56,6 +56,29 @@ class StorageConfig(_Model):
     group: str | None = None  # files the relay creates are 0600; with a group (name or gid): 0640, that group
 
 
+class LimitsConfig(_Model):
+    """What bounds the relay under hostile load: event floods, open files, a full disk."""
+
+    # open files: beyond server.max_clients the relay keeps this many descriptors for itself (database,
+    # event file, guide, discovery), besides four per provider connection it may hold
+    fd_reserve: int = Field(64, ge=0)
+    health_slots: int = Field(4, ge=0)  # connections past max_clients that may still ask /health
+    health_wait_s: float = Field(0.25, gt=0)  # ... and how long one gets to send it before its 503
+    # events: identical ones (channel, event, reason) within this window are written once, then once
+    # more with `repeated`; 0 writes every one
+    coalesce_window_s: float = Field(10.0, ge=0)
+    # tunes of a failing channel (its last tune found no working stream, within failing_channel_s):
+    # per client address, a burst of this many, then one per failing_tune_every_s; beyond that 429
+    failing_tune_burst: int = Field(3, ge=1)
+    failing_tune_every_s: float = Field(10.0, gt=0)
+    failing_channel_s: float = Field(60.0, gt=0)
+    tune_peers: int = Field(4096, ge=1)  # client addresses the tune limiter remembers (least recent go)
+    # a sink (event file, database) that cannot write: retried this often, warned about at most this often
+    sink_retry_s: float = Field(5.0, gt=0)
+    sink_warn_every_s: float = Field(60.0, gt=0)
+    sink_backlog: int = Field(50_000, ge=100)  # events kept for a failing sink; beyond, the oldest are lost
+
+
 class FailoverConfig(_Model):
     connect_timeout_s: float = Field(1.0, gt=0)  # TCP connect + response head, per upstream attempt
     stall_timeout_s: float = Field(5.0, gt=0)  # no body bytes this long = StreamStall (the seed's 5 s)
@@ -195,6 +218,7 @@ class Config(_Model):
     guide: GuideConfig = GuideConfig()
     sync: SyncConfig = SyncConfig()
     channels_from_guide: ChannelsFromGuideConfig = ChannelsFromGuideConfig()
+    limits: LimitsConfig = LimitsConfig()
     notify: tuple[NotifyTarget, ...] = ()  # webhooks: every warn/error event is POSTed as JSON
     accounts: tuple[AccountConfig, ...] = ()
     channels: tuple[ChannelConfig, ...] = ()

@@ -20,6 +20,7 @@ import orjson
 from relay.config import ChannelConfig, Config, ConfigError
 from relay.core import http11
 from relay.core.failover import HealthMemory, Slots, State
+from relay.shell.limits import effective_max_clients
 from relay.shell.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.shell.metrics import Metrics
 from relay.shell.server import HttpProtocol, Request
@@ -49,6 +50,8 @@ class Relay:
         self.sessions: set[ChannelSession] = set()
         self.by_channel: dict[str, ChannelSession] = {}  # one upstream session per channel, shared
         self.connections: set[HttpProtocol] = set()
+        self.health_conns: set[HttpProtocol] = set()  # past max_clients: /health only (limits.health_slots)
+        self.max_clients = cfg.server.max_clients  # lowered at start if the open-file limit is smaller
         self.server: asyncio.base_events.Server | None = None
         self.started_at = 0.0
         self.host = cfg.server.host
@@ -104,6 +107,13 @@ class Relay:
             slots=Slots(account_limits(cfg, self.store)),
             clock=loop.time,
         )
+        lim = cfg.limits
+        self.max_clients = effective_max_clients(
+            cfg.server.max_clients,
+            reserve=lim.fd_reserve,
+            upstreams=sum(self.shared.slots.limits.values()),
+            health_slots=lim.health_slots,
+        )
         try:
             self.server = await loop.create_server(
                 self._protocol, cfg.server.host, cfg.server.port, reuse_address=True, backlog=1024
@@ -139,7 +149,7 @@ class Relay:
         await stop_sync(self.sync_task)
         for s in list(self.sessions):
             s.close("Shutdown")
-        for c in list(self.connections):
+        for c in [*self.connections, *self.health_conns]:
             c.close()
         if self.server is not None:
             await self.server.wait_closed()
@@ -185,13 +195,23 @@ class Relay:
         self._reconciler = asyncio.get_running_loop().call_later(RECONCILE_S, self._reconcile_tick)
 
     def _protocol(self) -> HttpProtocol:
-        full = len(self.connections) >= self.cfg.server.max_clients  # answered 503, then closed
+        full = len(self.connections) >= self.max_clients
+        if full and len(self.health_conns) < self.cfg.limits.health_slots:
+            p = HttpProtocol(
+                self.route,
+                max_head_bytes=self.cfg.server.max_head_bytes,
+                header_timeout_s=self.cfg.limits.health_wait_s,
+                on_close=self.health_conns.discard,
+                health_only=True,
+            )
+            self.health_conns.add(p)
+            return p
         p = HttpProtocol(
             self.route,
             max_head_bytes=self.cfg.server.max_head_bytes,
             header_timeout_s=self.cfg.server.header_timeout_s,
             on_close=self.connections.discard,
-            reject=full,
+            reject=full,  # answered 503, then closed
         )
         if not full:
             self.connections.add(p)
