@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,10 +20,11 @@ import orjson
 
 from relay.config import ChannelConfig, Config, ConfigError
 from relay.core import http11
+from relay.core.admission import TuneLimiter
 from relay.core.failover import HealthMemory, Slots, State
 from relay.shell.limits import effective_max_clients
 from relay.shell.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from relay.shell.metrics import Metrics
+from relay.shell.metrics import Metrics, SinkCollector
 from relay.shell.server import HttpProtocol, Request
 from relay.shell.session import ChannelSession, Shared
 from relay.sources.guide import GuideCache
@@ -65,6 +67,10 @@ class Relay:
         self.metrics = Metrics(lambda: self.sessions, lambda: self.shared.slots if self.shared else None)
         self.notifier = Notifier([n.url for n in cfg.notify])
         self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h, channels=lambda: self.channels)
+        lim = cfg.limits
+        self.tunes = TuneLimiter(
+            lim.failing_tune_burst, lim.failing_tune_every_s, lim.failing_channel_s, lim.tune_peers
+        )
         get = ("GET", "HEAD")
         self.routes: dict[str, tuple[tuple[str, ...], Handler]] = {
             "/health": (get, self._health),
@@ -96,7 +102,18 @@ class Relay:
         self.store = Store(db, gid=gid)
         self.store.sync_config(cfg)
         self._load_channels()
-        self.events = EventLog(cfg.path(cfg.storage.events), db, clock=self.wall_clock, gid=gid)
+        lim = cfg.limits
+        self.events = EventLog(
+            cfg.path(cfg.storage.events),
+            db,
+            clock=self.wall_clock,
+            gid=gid,
+            coalesce_window_s=lim.coalesce_window_s,
+            retry_s=lim.sink_retry_s,
+            warn_every_s=lim.sink_warn_every_s,
+            backlog=lim.sink_backlog,
+        )
+        self.metrics.registry.register(SinkCollector(self.events))
         self.events.listeners += [self.metrics.on_event, self.notifier.on_event]
         await self.events.open()
         self.notifier.start()
@@ -107,7 +124,6 @@ class Relay:
             slots=Slots(account_limits(cfg, self.store)),
             clock=loop.time,
         )
-        lim = cfg.limits
         self.max_clients = effective_max_clients(
             cfg.server.max_clients,
             reserve=lim.fd_reserve,
@@ -253,22 +269,25 @@ class Relay:
 
     def _health(self, proto: HttpProtocol, req: Request) -> None:
         loop = asyncio.get_running_loop()
-        self.json(
-            proto,
-            req,
-            {
-                "status": "ok",
-                "uptime_s": round(loop.time() - self.started_at, 1),
-                "sessions": len(self.sessions),
-                "channels": len(self.channels),
-            },
-        )
+        problems = self.events.degraded if self.events is not None else []
+        body: dict[str, Any] = {
+            "status": "degraded" if problems else "ok",  # still 200: streams are served either way
+            "uptime_s": round(loop.time() - self.started_at, 1),
+            "sessions": len(self.sessions),
+            "channels": len(self.channels),
+        }
+        if problems:
+            body["problems"] = problems
+        self.json(proto, req, body)
 
     def _metrics(self, proto: HttpProtocol, req: Request) -> None:
         self._send(proto, req, self.metrics.exposition(), METRICS_CONTENT_TYPE)
 
     def _status(self, proto: HttpProtocol, req: Request) -> None:
-        self.json(proto, req, self.metrics.status())
+        body = self.metrics.status()
+        if self.events is not None:
+            body["event_sinks"] = {s.name: s.status() for s in (self.events.file_sink, self.events.db_sink)}
+        self.json(proto, req, body)
 
     # ---- the HDHomeRun tuner Plex talks to ---------------------------------------------------------
 
@@ -338,6 +357,10 @@ class Relay:
             return
         session = self.by_channel.get(ch.id)
         if session is None or session.ended:
+            wait = self.tunes.admit(ch.id, proto.peer, asyncio.get_running_loop().time())
+            if wait is not None:
+                self._refuse_tune(proto, ch.id, wait)
+                return
             session = self._new_session(ch.id, proto.peer)
             if session is None:
                 busy = hdhomerun.TunerError.ALL_TUNERS_IN_USE.header()
@@ -348,6 +371,20 @@ class Relay:
         session.add_output(proto)
         if session.machine.state is State.IDLE:
             session.start()
+
+    def _refuse_tune(self, proto: HttpProtocol, channel: str, wait: float) -> None:
+        """A client that keeps tuning failing channels: 429, without a session or a provider request."""
+        retry = max(1, math.ceil(wait))
+        assert self.events is not None
+        self.events.emit(
+            "tune_refused",
+            "info",
+            {"channel": channel, "peer": proto.peer, "reason": "RateLimited", "retry_after_s": retry},
+        )
+        proto.respond(
+            http11.error(429, "Channel failing; tuned too often", headers=[("Retry-After", str(retry))]),
+            keep_alive=False,
+        )
 
     def _new_session(self, channel: str, peer: str) -> ChannelSession | None:
         """A session for a channel nobody watches yet, if a tuner is free (reclaiming one if need be)."""
@@ -382,6 +419,10 @@ class Relay:
                 return
 
     def _session_ended(self, session: ChannelSession) -> None:
+        if session.exhausted:  # every stream failed: tunes of it are limited for a while
+            self.tunes.failed(session.channel, asyncio.get_running_loop().time())
+        elif session.started:
+            self.tunes.recovered(session.channel)
         self.metrics.session_ended(session)
         self.sessions.discard(session)
         if self.by_channel.get(session.channel) is session:

@@ -44,14 +44,20 @@ class Metrics:
         self.upgrade_failures = Counter("relay_upgrade_failures", "Upgrade probes that failed", registry=r)
         self.dropped_clients = Counter("relay_dropped_clients", "Clients dropped for lagging", registry=r)
         self.transcodes = Counter("relay_transcodes", "Backups re-encoded to the client's codecs", registry=r)
+        self.tunes_refused = Counter(
+            "relay_tunes_refused",
+            "Tunes of a failing channel refused (429) by the per-address limit",
+            registry=r,
+        )
         self.switch_seconds = Histogram(
             "relay_switch_seconds", "Detection to first backup byte", buckets=SWITCH_BUCKETS, registry=r
         )
         r.register(_LiveCollector(self))
 
     def on_event(self, e: dict[str, Any]) -> None:
-        """EventLog listener: count what happened."""
+        """EventLog listener: count what happened (a coalesced record counts as its `repeated`)."""
         name = e.get("event")
+        n = e.get("repeated", 1)
         if name == "failover":
             self.recovered += 1
             self.failovers.labels(reason=e.get("reason") or "unknown").inc()
@@ -61,14 +67,16 @@ class Metrics:
                 k: e.get(k) for k in ("timestamp", "from_stream", "to_stream", "reason", "switch_ms")
             }
         elif name == "exhausted":
-            self.exhausted += 1
-            self.exhaustions.inc()
+            self.exhausted += n
+            self.exhaustions.inc(n)
         elif name == "upgrade":
             self.upgrades.inc()
         elif name == "upgrade_failed":
             self.upgrade_failures.inc()
         elif name == "client_dropped":
-            self.dropped_clients.inc()
+            self.dropped_clients.inc(n)
+        elif name == "tune_refused":
+            self.tunes_refused.inc(n)
         elif name == "transcode":
             self.transcodes.inc()
 
@@ -140,3 +148,39 @@ class _LiveCollector(Collector):
         g = GaugeMetricFamily("relay_recovery_ratio", "Failures recovered by a failover (NFR11)")
         g.add_metric([], self.m.recovery_ratio())
         yield g
+
+
+class SinkCollector(Collector):
+    """The event sinks (relay/storage/sinks.py), read at scrape time: a full disk shows here."""
+
+    def __init__(self, events: Any) -> None:
+        self.events = events  # an EventLog
+
+    def collect(self) -> Iterator[Any]:
+        sinks = (self.events.file_sink, self.events.db_sink)
+        g = GaugeMetricFamily(
+            "relay_event_sink_ok", "1 while the event sink writes, 0 while it fails", labels=["sink"]
+        )
+        for s in sinks:
+            g.add_metric([s.name], 1 if s.ok else 0)
+        yield g
+        g = GaugeMetricFamily(
+            "relay_event_sink_pending", "Events kept to retry into the sink", labels=["sink"]
+        )
+        for s in sinks:
+            g.add_metric([s.name], len(s.pending))
+        yield g
+        c = CounterMetricFamily(
+            "relay_event_sink_failures", "Writes to the event sink that failed", labels=["sink"]
+        )
+        for s in sinks:
+            c.add_metric([s.name], s.failures)
+        yield c
+        c = CounterMetricFamily(
+            "relay_event_sink_lost",
+            "Events dropped from a full backlog (still in the other sink)",
+            labels=["sink"],
+        )
+        for s in sinks:
+            c.add_metric([s.name], s.lost)
+        yield c

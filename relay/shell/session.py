@@ -99,6 +99,7 @@ class ChannelSession:
         self.current: UpstreamAttempt | None = None
         self.started = False  # response head sent to the outputs
         self.ended = False
+        self.exhausted = False  # ended because every stream failed (the tune limiter counts these)
         self.bytes_out = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -455,6 +456,7 @@ class ChannelSession:
             self._run(self.machine.content_failed(Reason.NO_VIDEO, now))
 
     def _exhausted(self, started: bool) -> None:
+        self.exhausted = True
         outs = list(self.outputs)
         self.outputs.clear()
         self._run(self.machine.close(self.shared.clock(), "Exhausted"))
