@@ -32,10 +32,8 @@ class SinkState:
         return self.failing_since is None
 
     def take(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """What to write now: the kept events first, then the batch."""
-        out = self.pending + batch if self.pending else batch
-        self.pending = []
-        return out
+        """What to write now: the kept events first, then the batch (kept until the write succeeds)."""
+        return self.pending + batch if self.pending else batch
 
     def failed(self, records: list[dict[str, Any]], error: str, now: float) -> bool:
         """The write of `records` failed: keep them. True if a warning is due now."""
@@ -55,6 +53,7 @@ class SinkState:
 
     def succeeded(self, now: float) -> float | None:
         """A write went through; if the sink was failing, for how long (then it is ok again)."""
+        self.pending = []
         if self.failing_since is None:
             return None
         began, self.failing_since, self.error, self.last_warned = self.failing_since, None, None, None
