@@ -20,6 +20,13 @@ from relay.core.policy import FailoverPolicy
 
 DEFAULT_USER_AGENT = "VLC/3.0.20 LibVLC/3.0.20"  # some panels block library user agents
 
+# Bounds on reading the config file itself (they cannot live in it): whatever the YAML, loading takes
+# at most this much input, nesting and work. A hand-written config is a few kB, 5 levels deep and a few
+# thousand nodes; the "billion laughs" (nine aliases of nine) would be 9**9 nodes once expanded.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 64  # nesting, counted through aliases too
+MAX_CONFIG_NODES = 200_000  # every scalar, list and mapping, an alias counted as a copy of what it names
+
 
 class ConfigError(Exception):
     """A user mistake in the configuration; str() is the one line to show."""
@@ -53,6 +60,30 @@ class StorageConfig(_Model):
     events_max_bytes: int = Field(64 << 20, ge=0)
     events_keep: int = Field(5, ge=1)  # rotated JSON-lines files kept; the oldest beyond is deleted
     event_log_days: float = Field(90.0, ge=0)  # event_log rows older than this are deleted; 0 = kept forever
+    group: str | None = None  # files the relay creates are 0600; with a group (name or gid): 0640, that group
+
+
+class LimitsConfig(_Model):
+    """What bounds the relay under hostile load: event floods, open files, a full disk."""
+
+    # open files: beyond server.max_clients the relay keeps this many descriptors for itself (database,
+    # event file, guide, discovery), besides four per provider connection it may hold
+    fd_reserve: int = Field(64, ge=0)
+    health_slots: int = Field(4, ge=0)  # connections past max_clients that may still ask /health
+    health_wait_s: float = Field(0.25, gt=0)  # ... and how long one gets to send it before its 503
+    # events: identical ones (channel, event, reason) within this window are written once, then once
+    # more with `repeated`; 0 writes every one
+    coalesce_window_s: float = Field(10.0, ge=0)
+    # tunes of a failing channel (its last tune found no working stream, within failing_channel_s):
+    # per client address, a burst of this many, then one per failing_tune_every_s; beyond that 429
+    failing_tune_burst: int = Field(3, ge=1)
+    failing_tune_every_s: float = Field(10.0, gt=0)
+    failing_channel_s: float = Field(60.0, gt=0)
+    tune_peers: int = Field(4096, ge=1)  # client addresses the tune limiter remembers (least recent go)
+    # a sink (event file, database) that cannot write: retried this often, warned about at most this often
+    sink_retry_s: float = Field(5.0, gt=0)
+    sink_warn_every_s: float = Field(60.0, gt=0)
+    sink_backlog: int = Field(50_000, ge=100)  # events kept for a failing sink; beyond, the oldest are lost
 
 
 class FailoverConfig(_Model):
@@ -266,6 +297,7 @@ class Config(_Model):
     guide: GuideConfig = GuideConfig()
     sync: SyncConfig = SyncConfig()
     channels_from_guide: ChannelsFromGuideConfig = ChannelsFromGuideConfig()
+    limits: LimitsConfig = LimitsConfig()
     notify: tuple[NotifyTarget, ...] = ()  # webhooks: every warn/error event is POSTed as JSON
     ui: UiConfig = UiConfig()  # issue 19
     metrics: MetricsConfig = MetricsConfig()  # issue 19
@@ -331,13 +363,31 @@ class _KeyedError(ValueError):
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand(node: Any, env: dict[str, str], key: str, missing: list[tuple[str, str]]) -> Any:
+def _expand(
+    node: Any,
+    env: dict[str, str],
+    key: str,
+    missing: list[tuple[str, str]],
+    done: dict[int, Any] | None = None,
+) -> Any:
     """Expand ${VAR} in every string. A missing variable is left as written and noted in `missing`
-    as (key, VAR): `relay channels` needs no provider password, `serve` and `sync` do (require_env)."""
+    as (key, VAR): `relay channels` needs no provider password, `serve` and `sync` do (require_env).
+
+    A list or mapping reached twice (a YAML alias) is expanded once and shared, as it was loaded.
+    """
+    done = {} if done is None else done
+    if isinstance(node, dict | list) and id(node) in done:
+        return done[id(node)]
     if isinstance(node, dict):
-        return {k: _expand(v, env, f"{key}.{k}" if key else str(k), missing) for k, v in node.items()}
+        out = done[id(node)] = {}
+        out.update(
+            (k, _expand(v, env, f"{key}.{k}" if key else str(k), missing, done)) for k, v in node.items()
+        )
+        return out
     if isinstance(node, list):
-        return [_expand(v, env, f"{key}[{i}]", missing) for i, v in enumerate(node)]
+        done[id(node)] = lst = []
+        lst.extend(_expand(v, env, f"{key}[{i}]", missing, done) for i, v in enumerate(node))
+        return lst
     if isinstance(node, str):
 
         def sub(m: re.Match[str]) -> str:
@@ -398,21 +448,143 @@ def parse(data: Any, *, base_dir: Path = Path("."), env: dict[str, str] | None =
         raise ConfigError(f"{where}: {msg}") from None
 
 
+if yaml.__with_libyaml__:  # libyaml's parser, PyYAML's composer (so the depth is ours to bound): 5x faster
+    from yaml.cyaml import CParser as _Parser
+else:  # pragma: no cover - PyYAML built without libyaml
+
+    class _Parser(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):  # type: ignore[no-redef]
+        def __init__(self, stream: str) -> None:
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+
+
+class _BoundedLoader(
+    yaml.composer.Composer, yaml.constructor.SafeConstructor, yaml.resolver.Resolver, _Parser
+):
+    """A safe loader with a nesting limit, and a key given twice in one mapping refused."""
+
+    def __init__(self, stream: str) -> None:
+        _Parser.__init__(self, stream)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:  # PyYAML's composer recurses: stop long before Python does
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_CONFIG_DEPTH} levels", mark
+                )
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` may be overridden by the mapping's own keys, as YAML says
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)  # type: ignore[no-any-return]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _measure(root: yaml.Node) -> None:
+    """Refuse a node graph whose expansion (aliases copied out) is too big, too deep, or endless.
+
+    Iterative, and each node measured once, so an alias bomb costs its size in the file, not 9**9.
+    """
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        k = id(node)
+        if done:
+            on_path.discard(k)
+            kids = _children(node)
+            size[k] = 1 + sum(size[id(c)] for c in kids)
+            depth[k] = 1 + max((depth[id(c)] for c in kids), default=0)
+            line = node.start_mark.line + 1
+            if size[k] > MAX_CONFIG_NODES:
+                raise ConfigError(f"line {line}: expands to more than {MAX_CONFIG_NODES} nodes (aliases?)")
+            if depth[k] > MAX_CONFIG_DEPTH:
+                raise ConfigError(
+                    f"line {line}: nested deeper than {MAX_CONFIG_DEPTH} levels through aliases"
+                )
+            continue
+        if k in size:
+            continue
+        if k in on_path:
+            raise ConfigError(f"line {node.start_mark.line + 1}: an alias that contains itself")
+        on_path.add(k)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in size)
+
+
+def load_yaml(text: str) -> Any:
+    """The YAML tree of a config, bounded in time and memory whatever the input; None if it is empty.
+
+    Raises ConfigError (without the file name) for a bound crossed, yaml.YAMLError for bad YAML.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"larger than {MAX_CONFIG_BYTES} bytes")
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _measure(node)
+        return loader.construct_document(node)
+    finally:
+        if hasattr(loader, "dispose"):
+            loader.dispose()
+
+
 def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
     p = Path(path)
     try:
+        if p.stat().st_size > MAX_CONFIG_BYTES:  # before reading it: a config is never that big
+            raise ConfigError(f"{p}: larger than {MAX_CONFIG_BYTES} bytes; not a relay config")
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{p}:{where}: YAML error: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{p}: the config is empty (it needs at least accounts:)")
     return parse(data, base_dir=p.resolve().parent, env=env)
 
 

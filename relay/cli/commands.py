@@ -27,6 +27,7 @@ import orjson
 from relay import config as config_mod
 from relay.config import Config, ConfigError
 from relay.core.mapping import quality_of
+from relay.storage.files import group_id
 from relay.storage.store import MappedStream, MappingError, Store
 
 LEVELS = {"debug": 0, "info": 1, "warn": 2, "warning": 2, "error": 3}
@@ -46,7 +47,7 @@ def _open_store(cfg: Config) -> Store:
     """The relay's database with the config's accounts and channels in it (what `serve` does first)."""
     db = cfg.path(cfg.storage.database)
     db.parent.mkdir(parents=True, exist_ok=True)
-    store = Store(db)
+    store = Store(db, gid=group_id(cfg.storage.group))
     store.sync_config(cfg)
     return store
 

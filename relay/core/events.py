@@ -275,6 +275,22 @@ class HlsError(Event):
         return f"{self.channel}: {self.stream} failed ({self.reason}): {self.detail}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class TuneRefused(Event):
+    """A client tuned a failing channel too often: 429 with Retry-After, no provider was asked."""
+
+    kind = "tune_refused"
+    level = "info"
+    category = "stream"
+    channel: str
+    peer: str
+    reason: str
+    retry_after_s: int
+
+    def message(self) -> str:
+        return f"{self.channel}: refused a tune from {self.peer}: the channel is failing ({self.reason})"
+
+
 # ---- the sync's events ----------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -19,16 +20,19 @@ from typing import Any
 import orjson
 
 from relay.config import ChannelConfig, Config, ConfigError
-from relay.core import http11
+from relay.core import events, http11
+from relay.core.admission import TuneLimiter
 from relay.core.failover import HealthMemory, Slots, State
+from relay.shell.limits import effective_max_clients
 from relay.shell.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from relay.shell.metrics import Metrics
+from relay.shell.metrics import Metrics, SinkCollector
 from relay.shell.server import HttpProtocol, Request
 from relay.shell.session import ChannelSession, Shared
 from relay.sources.guide import GuideCache
 from relay.sources.streams import direct_limits
 from relay.sources.sync import SyncReport, account_limits, channel_list, start_sync, stop_sync
 from relay.storage.eventlog import EventLog
+from relay.storage.files import group_id
 from relay.storage.notify import Notifier
 from relay.storage.store import Store
 from relay.tuner import hdhomerun
@@ -66,6 +70,8 @@ class Relay:
         self.sessions: set[ChannelSession] = set()
         self.by_channel: dict[str, ChannelSession] = {}  # one upstream session per channel, shared
         self.connections: set[HttpProtocol] = set()
+        self.health_conns: set[HttpProtocol] = set()  # past max_clients: /health only (limits.health_slots)
+        self.max_clients = cfg.server.max_clients  # lowered at start if the open-file limit is smaller
         self.server: asyncio.base_events.Server | None = None
         self.started_at = 0.0
         self.host = cfg.server.host
@@ -89,6 +95,10 @@ class Relay:
             names=lambda: {c.id: c.name for c in self.channels},
         )
         self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h, channels=lambda: self.channels)
+        lim = cfg.limits
+        self.tunes = TuneLimiter(
+            lim.failing_tune_burst, lim.failing_tune_every_s, lim.failing_channel_s, lim.tune_peers
+        )
         get = ("GET", "HEAD")
         self.routes: dict[str, tuple[tuple[str, ...], Handler]] = {
             "/health": (get, self._health),
@@ -117,10 +127,11 @@ class Relay:
         cfg = self.cfg
         db = cfg.path(cfg.storage.database)
         db.parent.mkdir(parents=True, exist_ok=True)
-        self.store = Store(db)
+        gid = group_id(cfg.storage.group)
+        self.store = Store(db, gid=gid)
         self.store.sync_config(cfg)
         self._load_channels()
-        st = cfg.storage
+        st, lim = cfg.storage, cfg.limits
         self.events = EventLog(
             cfg.path(st.events),
             db,
@@ -128,7 +139,13 @@ class Relay:
             max_bytes=st.events_max_bytes,
             keep=st.events_keep,
             retention_days=st.event_log_days,
+            gid=gid,
+            coalesce_window_s=lim.coalesce_window_s,
+            retry_s=lim.sink_retry_s,
+            warn_every_s=lim.sink_warn_every_s,
+            backlog=lim.sink_backlog,
         )
+        self.metrics.registry.register(SinkCollector(self.events))
         self.events.listeners += [self.metrics.on_event, self.notifier.on_event, self.ui.on_event]
         await self.events.open()
         self.notifier.start()
@@ -139,6 +156,12 @@ class Relay:
             slots=Slots(account_limits(cfg, self.store) | direct_limits(cfg)),
             clock=loop.time,
             directory=self.store.stream_directory(),
+        )
+        self.max_clients = effective_max_clients(
+            cfg.server.max_clients,
+            reserve=lim.fd_reserve,
+            upstreams=sum(self.shared.slots.limits.values()),
+            health_slots=lim.health_slots,
         )
         try:
             self.server = await loop.create_server(
@@ -176,7 +199,7 @@ class Relay:
         await self.ui.close()  # issue 19
         for s in list(self.sessions):
             s.close("Shutdown")
-        for c in list(self.connections):
+        for c in [*self.connections, *self.health_conns]:
             c.close()
         if self.server is not None:
             await self.server.wait_closed()
@@ -228,13 +251,23 @@ class Relay:
         self._reconciler = asyncio.get_running_loop().call_later(RECONCILE_S, self._reconcile_tick)
 
     def _protocol(self) -> HttpProtocol:
-        full = len(self.connections) >= self.cfg.server.max_clients  # answered 503, then closed
+        full = len(self.connections) >= self.max_clients
+        if full and len(self.health_conns) < self.cfg.limits.health_slots:
+            p = HttpProtocol(
+                self.route,
+                max_head_bytes=self.cfg.server.max_head_bytes,
+                header_timeout_s=self.cfg.limits.health_wait_s,
+                on_close=self.health_conns.discard,
+                health_only=True,
+            )
+            self.health_conns.add(p)
+            return p
         p = HttpProtocol(
             self.route,
             max_head_bytes=self.cfg.server.max_head_bytes,
             header_timeout_s=self.cfg.server.header_timeout_s,
             on_close=self.connections.discard,
-            reject=full,
+            reject=full,  # answered 503, then closed
         )
         if not full:
             self.connections.add(p)
@@ -276,22 +309,25 @@ class Relay:
 
     def _health(self, proto: HttpProtocol, req: Request) -> None:
         loop = asyncio.get_running_loop()
-        self.json(
-            proto,
-            req,
-            {
-                "status": "ok",
-                "uptime_s": round(loop.time() - self.started_at, 1),
-                "sessions": len(self.sessions),
-                "channels": len(self.channels),
-            },
-        )
+        problems = self.events.degraded if self.events is not None else []
+        body: dict[str, Any] = {
+            "status": "degraded" if problems else "ok",  # still 200: streams are served either way
+            "uptime_s": round(loop.time() - self.started_at, 1),
+            "sessions": len(self.sessions),
+            "channels": len(self.channels),
+        }
+        if problems:
+            body["problems"] = problems
+        self.json(proto, req, body)
 
     def _metrics(self, proto: HttpProtocol, req: Request) -> None:
         self._send(proto, req, self.metrics.exposition(), METRICS_CONTENT_TYPE)
 
     def _status(self, proto: HttpProtocol, req: Request) -> None:
-        self.json(proto, req, self.metrics.status())
+        body = self.metrics.status()
+        if self.events is not None:
+            body["event_sinks"] = {s.name: s.status() for s in (self.events.file_sink, self.events.db_sink)}
+        self.json(proto, req, body)
 
     # ---- the HDHomeRun tuner Plex talks to ---------------------------------------------------------
 
@@ -361,6 +397,10 @@ class Relay:
             return
         session = self.by_channel.get(ch.id)
         if session is None or session.ended:
+            wait = self.tunes.admit(ch.id, proto.peer, asyncio.get_running_loop().time())
+            if wait is not None:
+                self._refuse_tune(proto, ch.id, wait)
+                return
             session = self._new_session(ch.id, proto.peer)
             if session is None:
                 busy = hdhomerun.TunerError.ALL_TUNERS_IN_USE.header()
@@ -371,6 +411,18 @@ class Relay:
         session.add_output(proto)
         if session.status(session.shared.clock()).state is State.IDLE:
             session.start()
+
+    def _refuse_tune(self, proto: HttpProtocol, channel: str, wait: float) -> None:
+        """A client that keeps tuning failing channels: 429, without a session or a provider request."""
+        retry = max(1, math.ceil(wait))
+        assert self.events is not None
+        self.events.emit(
+            events.TuneRefused(channel=channel, peer=proto.peer, reason="RateLimited", retry_after_s=retry)
+        )
+        proto.respond(
+            http11.error(429, "Channel failing; tuned too often", headers=[("Retry-After", str(retry))]),
+            keep_alive=False,
+        )
 
     def _new_session(self, channel: str, peer: str) -> ChannelSession | None:
         """A session for a channel nobody watches yet, if a tuner is free (reclaiming one if need be)."""
@@ -407,6 +459,10 @@ class Relay:
                 return
 
     def _session_ended(self, session: ChannelSession) -> None:
+        if session.exhausted:  # every stream failed: tunes of it are limited for a while
+            self.tunes.failed(session.channel, asyncio.get_running_loop().time())
+        elif session.started:
+            self.tunes.recovered(session.channel)
         self.metrics.session_ended(session.status(session.shared.clock()))
         self.sessions.discard(session)
         if self.by_channel.get(session.channel) is session:

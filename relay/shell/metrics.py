@@ -59,6 +59,11 @@ class Metrics:
         self.hls_skipped = Counter(
             "relay_hls_skipped_segments", "HLS segments that left the live window unfetched", registry=r
         )
+        self.tunes_refused = Counter(
+            "relay_tunes_refused",
+            "Tunes of a failing channel refused (429) by the per-address limit",
+            registry=r,
+        )
         self.switch_seconds = Histogram(
             "relay_switch_seconds", "Detection to first backup byte", buckets=SWITCH_BUCKETS, registry=r
         )
@@ -77,8 +82,9 @@ class Metrics:
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
 
     def on_event(self, e: dict[str, Any]) -> None:
-        """EventLog listener: count what happened."""
+        """EventLog listener: count what happened (a coalesced record counts as its `repeated`)."""
         name = e.get("event")
+        n = e.get("repeated", 1)
         if name == "failover":
             self.recovered += 1
             reason = e.get("reason") or "unknown"
@@ -92,14 +98,16 @@ class Metrics:
                 k: e.get(k) for k in ("timestamp", "from_stream", "to_stream", "reason", "switch_ms")
             }
         elif name == "exhausted":
-            self.exhausted += 1
-            self.exhaustions.inc()
+            self.exhausted += n
+            self.exhaustions.inc(n)
         elif name == "upgrade":
             self.upgrades.inc()
         elif name == "upgrade_failed":
             self.upgrade_failures.inc()
         elif name == "client_dropped":
-            self.dropped_clients.inc()
+            self.dropped_clients.inc(n)
+        elif name == "tune_refused":
+            self.tunes_refused.inc(n)
         elif name == "transcode":
             self.transcodes.inc()
         elif name == "hls_skipped":
@@ -233,3 +241,39 @@ class _LiveCollector(Collector):
             if a.get("exp_date"):
                 exp.add_metric([name], a["exp_date"] - now)
         yield from (active, cons, cmax, exp)
+
+
+class SinkCollector(Collector):
+    """The event sinks (relay/storage/sinks.py), read at scrape time: a full disk shows here."""
+
+    def __init__(self, events: Any) -> None:
+        self.events = events  # an EventLog
+
+    def collect(self) -> Iterator[Any]:
+        sinks = (self.events.file_sink, self.events.db_sink)
+        g = GaugeMetricFamily(
+            "relay_event_sink_ok", "1 while the event sink writes, 0 while it fails", labels=["sink"]
+        )
+        for s in sinks:
+            g.add_metric([s.name], 1 if s.ok else 0)
+        yield g
+        g = GaugeMetricFamily(
+            "relay_event_sink_pending", "Events kept to retry into the sink", labels=["sink"]
+        )
+        for s in sinks:
+            g.add_metric([s.name], len(s.pending))
+        yield g
+        c = CounterMetricFamily(
+            "relay_event_sink_failures", "Writes to the event sink that failed", labels=["sink"]
+        )
+        for s in sinks:
+            c.add_metric([s.name], s.failures)
+        yield c
+        c = CounterMetricFamily(
+            "relay_event_sink_lost",
+            "Events dropped from a full backlog (still in the other sink)",
+            labels=["sink"],
+        )
+        for s in sinks:
+            c.add_metric([s.name], s.lost)
+        yield c

@@ -5,7 +5,9 @@ router (relay/app.py), and a stream response is an Output of a channel session. 
 short error and a close, never an exception out of a callback: a malformed request (400), a head
 over `server.max_head_bytes` (431), a body over it (413), a URL too long (414), a request (head and
 body) that does not complete within `server.header_timeout_s` (close), a connection beyond
-`server.max_clients` (503).
+`server.max_clients` (503). A connection in one of the few slots past that (`health_only`) may ask for
+/health and nothing else: it gets a short time to send its request, and a 503 for anything else or for
+silence.
 A connection we close is aborted if its client has not taken the rest of the response within
 CLOSE_GRACE_S, so a client that never reads cannot keep a socket and its buffer forever.
 """
@@ -65,9 +67,11 @@ class HttpProtocol(asyncio.Protocol):
         header_timeout_s: float,
         on_close: Callable[[HttpProtocol], None] | None = None,
         reject: bool = False,
+        health_only: bool = False,
     ) -> None:
         self.router = router
         self.reject = reject  # over server.max_clients: answer 503 and close
+        self.health_only = health_only  # a reserved slot: /health, else 503 (header_timeout_s is short)
         self.max_head_bytes = max_head_bytes
         self.header_timeout_s = header_timeout_s
         self.on_close = on_close
@@ -201,6 +205,11 @@ class HttpProtocol(asyncio.Protocol):
             peer=self.peer,
             body=self._body,
         )
+        if self.health_only:
+            if req.path != "/health":
+                self._error(503, "Too many connections")
+                return
+            req.keep_alive = False  # one answer, then the slot is free again
         self.chunked = req.http_version != "1.0"
         try:
             self.router(self, req)
@@ -333,5 +342,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _header_timeout(self) -> None:
         self._header_timer = None
-        if not self.streaming and not self._closed:
+        if self.health_only:
+            self._error(503, "Too many connections")  # a reserved slot is not for waiting in
+        elif not self.streaming and not self._closed:
             self.close()  # an idle keep-alive or a slowloris: either way, free the socket

@@ -87,6 +87,7 @@ class ChannelSession:
         self.attempts: dict[int, UpstreamAttempt | HlsUpstreamAttempt] = {}
         self.current: UpstreamAttempt | HlsUpstreamAttempt | None = None
         self.ended = False
+        self.exhausted = False  # ended because every stream failed (the tune limiter counts these)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._linger: asyncio.TimerHandle | None = None
@@ -419,6 +420,7 @@ class ChannelSession:
             self._run(self.machine.content_failed(Reason.NO_VIDEO, now))
 
     def _exhausted(self, started: bool) -> None:
+        self.exhausted = True
         outs = self.outputs.take_all()
         self._run(self.machine.close(self.shared.clock(), "Exhausted"))
         self._end()

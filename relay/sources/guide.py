@@ -48,6 +48,7 @@ from relay.sources.fetch import (
     url_secrets,
 )
 from relay.sources.tls import account_ca_file
+from relay.storage.files import group_id, restrict
 from relay.tuner.hdhomerun import guide_id, sorted_channels, xml_attr, xml_text
 
 DEFAULT_REFRESH_H = 6.0
@@ -217,6 +218,7 @@ def build_guide(
     *,
     opener: Opener | None = None,
     cancel: threading.Event | None = None,
+    gid: int | None = None,
 ) -> BuildReport:
     """Build the guide into xml_path and gz_path (blocking; run it in a worker thread).
 
@@ -234,7 +236,9 @@ def build_guide(
     temps: list[Path] = []
 
     def temp(suffix: str) -> Path:
-        fd, name = tempfile.mkstemp(dir=folder, prefix=".xmltv-", suffix=suffix)
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".xmltv-", suffix=suffix)  # 0600 already
+        if gid is not None:
+            restrict(fd, gid)  # storage.group: 0640 for it
         os.close(fd)
         temps.append(Path(name))
         return temps[-1]
@@ -286,7 +290,12 @@ def build_guide(
 
 # ---------------------------------------------------------------------------------------------
 def _build_in_child(
-    channels: list[ChannelConfig], sources: list[Source], xml_path: Path, gz_path: Path, out: Any
+    channels: list[ChannelConfig],
+    sources: list[Source],
+    xml_path: Path,
+    gz_path: Path,
+    out: Any,
+    gid: int | None = None,
 ) -> None:
     """The body of the guide-build child process: build, then send ("ok", report) or ("error", text).
 
@@ -295,7 +304,7 @@ def _build_in_child(
     """
     try:
         try:
-            result: tuple[str, Any] = ("ok", build_guide(channels, sources, xml_path, gz_path))
+            result: tuple[str, Any] = ("ok", build_guide(channels, sources, xml_path, gz_path, gid=gid))
         except GuideBuildError as e:
             result = ("error", str(e))
         except Exception as e:  # anything else still reaches the parent as one scrubbed line
@@ -349,6 +358,7 @@ class GuideCache:
         self.gz_path = folder / "xmltv.xml.gz"
         self._log = log or logging.getLogger("relay.sources.guide")
         self._opener = opener
+        self._gid = group_id(cfg.storage.group)
         self._cancel = threading.Event()
         self._lock: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
@@ -373,7 +383,7 @@ class GuideCache:
     def ensure_placeholder(self) -> None:
         """Write a channels-only guide if none is on disk (small, quick, synchronous)."""
         if self.current() is None:
-            build_guide(self.channels(), (), self.xml_path, self.gz_path, cancel=self._cancel)
+            build_guide(self.channels(), (), self.xml_path, self.gz_path, cancel=self._cancel, gid=self._gid)
 
     def _build(self) -> BuildReport:
         return build_guide(
@@ -383,6 +393,7 @@ class GuideCache:
             self.gz_path,
             opener=self._opener,
             cancel=self._cancel,
+            gid=self._gid,
         )
 
     async def _build_isolated(self) -> BuildReport:
@@ -393,7 +404,14 @@ class GuideCache:
             return await asyncio.to_thread(self._build)
         ctx = multiprocessing.get_context("spawn")  # never fork a process that runs threads
         receiver, sender = ctx.Pipe(duplex=False)
-        args = (list(self.channels()), guide_sources(self._cfg), self.xml_path, self.gz_path, sender)
+        args = (
+            list(self.channels()),
+            guide_sources(self._cfg),
+            self.xml_path,
+            self.gz_path,
+            sender,
+            self._gid,
+        )
         child = ctx.Process(target=_build_in_child, args=args, name="relay-guide-build", daemon=True)
         child.start()
         sender.close()

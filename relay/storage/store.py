@@ -19,6 +19,7 @@ from relay.config import DIRECT_ACCOUNT, Config, StreamRef
 from relay.core.failover import Candidate, rank_candidates
 from relay.core.mapping import StreamRow
 from relay.sources.streams import Directory, template, url_stream_id
+from relay.storage.files import create_private
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -154,8 +155,10 @@ def connect(path: Path | str) -> sqlite3.Connection:
 
 
 class Store:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, gid: int | None = None) -> None:
         self.path = Path(path)
+        # SQLite gives its -wal and -shm files the database's mode: create it private first
+        create_private(self.path, gid)
         self.conn = connect(self.path)
         self.conn.executescript(SCHEMA)
         self.conn.executescript(SKIPS_SCHEMA)
