@@ -160,7 +160,10 @@ class Relay:
         self.max_clients = effective_max_clients(
             cfg.server.max_clients,
             reserve=lim.fd_reserve,
-            upstreams=sum(self.shared.slots.limits.values()),
+            # provider connections it may hold: each account's limit, but never more than its sessions
+            # can open (a tuner's session: the current stream plus hedged/probing attempts); url:
+            # streams without an account have no limit of their own
+            upstreams=sum(min(n, 8 * cfg.tuner.tuner_count) for n in self.shared.slots.limits.values()),
             health_slots=lim.health_slots,
         )
         try:
