@@ -45,6 +45,7 @@ DEVICE = DeviceInfo(
     tuner_count=3,
     base_url="http://127.0.0.1:5004",
     device_auth="abcdefghijklmnopqrstuvwx",
+    model="HDTC-2US",
 )
 
 
@@ -271,7 +272,7 @@ async def test_hdhomerun_config_discovers_the_relay_on_loopback(tmp_path: Path) 
         assert f"hdhomerun device {info.device_id} found at 127.0.0.1" in out
         rc, out = await run_client("127.0.0.1", "get", "/sys/model")
         assert rc == 0, out
-        assert out.strip() == "hdhomeruntc_atsc"
+        assert out.strip() == "hdhomerun4_atsc"  # the default model, HDHR4-2US
     finally:
         udp.close()
         tcp.close()

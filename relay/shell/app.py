@@ -31,6 +31,7 @@ from relay.storage.notify import Notifier
 from relay.storage.store import Store
 from relay.tuner import hdhomerun
 from relay.tuner.discovery import device_info, start_discovery
+from relay.tuner.status import LiveView, Playing, TunerSlots
 
 log = logging.getLogger("relay")
 
@@ -61,12 +62,16 @@ class Relay:
         self.metrics = Metrics(lambda: self.sessions, lambda: self.shared.slots if self.shared else None)
         self.notifier = Notifier([n.url for n in cfg.notify])
         self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h, channels=lambda: self.channels)
+        self._tuner_slots = TunerSlots(cfg.tuner.tuner_count)  # stable tuner numbers for status.json
         get = ("GET", "HEAD")
         self.routes: dict[str, tuple[tuple[str, ...], Handler]] = {
             "/health": (get, self._health),
             "/discover.json": (get, self._discover),
             "/lineup.json": (get, self._lineup),
             "/lineup.m3u": (get, self._lineup_m3u),
+            "/lineup.xml": (get, self._lineup_xml),
+            "/status.json": (get, self._status_json),
+            "/tuners.html": (get, self._tuners_html),
             "/lineup_status.json": (get, self._lineup_status),
             "/lineup.post": (("POST", "GET"), self._lineup_post),
             "/device.xml": (get, self._device_xml),
@@ -120,7 +125,8 @@ class Relay:
         self.port = sock[1]
         self.started_at = loop.time()
         log.info("listening on http://%s:%d", _host_for_url(cfg.server.host), self.port)
-        self.discovery = await start_discovery(cfg, device_info(cfg, self.port), loop, log)
+        device = device_info(cfg, self.port)
+        self.discovery = await start_discovery(cfg, device, loop, log, view=self.live_view)
         self._reconciler = loop.call_later(RECONCILE_S, self._reconcile_tick)
         self.guide.start()
         self.sync_task = start_sync(self.cfg, self.store, self.events, on_synced=self._synced)
@@ -269,6 +275,32 @@ class Relay:
     def _lineup_m3u(self, proto: HttpProtocol, req: Request) -> None:
         body = hdhomerun.lineup_m3u(self.channels, self.base_url(proto, req))
         self._send(proto, req, body, "audio/x-mpegurl")
+
+    # ---- what the tuners do now: status.json, tuners.html and the TCP control channel ------------------
+
+    def live_view(self) -> LiveView:
+        """Each tuner's stream (channel, viewer, bit/s), read from the sessions that have a viewer."""
+        now = asyncio.get_running_loop().time()
+        playing = []
+        for s in self.sessions:
+            ch = self._by_id.get(s.channel)
+            if s.ended or s.lingering or not s.outputs or ch is None:
+                continue
+            viewer = s.outputs[0]
+            bps = int(s.bytes_out * 8 / max(now - s.started_at, 1e-3))
+            port = getattr(viewer, "peer_port", 0)
+            playing.append(Playing(s, ch.number, ch.name, viewer.peer, port, bps))
+        return self._tuner_slots.view(playing, len(self.channels))
+
+    def _status_json(self, proto: HttpProtocol, req: Request) -> None:
+        self._send(proto, req, hdhomerun.status_json(self.live_view()), "application/json")
+
+    def _tuners_html(self, proto: HttpProtocol, req: Request) -> None:
+        self._send(proto, req, hdhomerun.tuners_html(self.live_view()), "text/html; charset=utf-8")
+
+    def _lineup_xml(self, proto: HttpProtocol, req: Request) -> None:
+        body = hdhomerun.lineup_xml(self.channels, self.base_url(proto, req))
+        self._send(proto, req, body, "application/xml")
 
     def _lineup_status(self, proto: HttpProtocol, req: Request) -> None:
         self._send(proto, req, hdhomerun.lineup_status_json(), "application/json")
