@@ -56,12 +56,18 @@ class Relay:
         self.channels: list[ChannelConfig] = list(cfg.channels)  # config channels, then synced ones
         self._by_id = {c.id: c for c in self.channels}
         self._by_number = {c.number: c.id for c in self.channels}
+        self.art: dict[str, hdhomerun.ChannelArt] = {}  # logos and groups for lineup.m3u and the guide
         self.discovery: list[Any] = []
         self._reconciler: asyncio.TimerHandle | None = None
         self.sync_task: asyncio.Task[None] | None = None  # relay.sources.sync: accounts and guide channels
         self.metrics = Metrics(lambda: self.sessions, lambda: self.shared.slots if self.shared else None)
         self.notifier = Notifier([n.url for n in cfg.notify])
-        self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h, channels=lambda: self.channels)
+        self.guide = GuideCache(
+            cfg,
+            refresh_h=cfg.guide.refresh_h,
+            channels=lambda: self.channels,
+            icons=lambda: {cid: a.logo for cid, a in self.art.items() if a.logo},
+        )
         self._tuner_slots = TunerSlots(cfg.tuner.tuner_count)  # stable tuner numbers for status.json
         get = ("GET", "HEAD")
         self.routes: dict[str, tuple[tuple[str, ...], Handler]] = {
@@ -159,6 +165,7 @@ class Relay:
         self.channels = channel_list(self.cfg, self.store)
         self._by_id = {c.id: c for c in self.channels}
         self._by_number = {c.number: c.id for c in self.channels}
+        self.art = {cid: hdhomerun.ChannelArt(*a) for cid, a in self.store.channel_art().items()}
 
     def _synced(self, report: SyncReport) -> None:
         """After a sync: new channels in the lineup and guide, the panels' connection limits."""
@@ -273,7 +280,7 @@ class Relay:
         self._send(proto, req, body, "application/json")
 
     def _lineup_m3u(self, proto: HttpProtocol, req: Request) -> None:
-        body = hdhomerun.lineup_m3u(self.channels, self.base_url(proto, req))
+        body = hdhomerun.lineup_m3u(self.channels, self.base_url(proto, req), self.art)
         self._send(proto, req, body, "audio/x-mpegurl")
 
     # ---- what the tuners do now: status.json, tuners.html and the TCP control channel ------------------

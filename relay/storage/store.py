@@ -434,6 +434,21 @@ class Store:
             for ch, acc, sid, name, prio, p, src, act in rows
         ]
 
+    def channel_art(self) -> dict[str, tuple[str | None, str | None]]:
+        """(logo, category) per mapped channel: the guide's icon, else the first stream's with one
+        (stream_icon / tvg-logo), in the order sessions try them; the category of the first stream."""
+        out: dict[str, tuple[str | None, str | None]] = {}
+        rows = self.conn.execute(
+            "SELECT m.xmltv_channel_id, g.icon, x.icon, x.category FROM channel_mappings m"
+            " JOIN xtream_channels x ON x.id = m.xtream_channel_id"
+            " LEFT JOIN xmltv_channels g ON g.id = m.xmltv_channel_id"
+            f" ORDER BY m.xmltv_channel_id, {MAPPING_ORDER}"
+        )
+        for cid, guide_icon, icon, category in rows:
+            logo, group = out.get(cid, (None, None))
+            out[cid] = (logo or guide_icon or icon or None, group or category or None)
+        return out
+
     def account_limits(self) -> dict[str, int]:
         """max_connections per account: the config's, else what the panel reported at the last sync."""
         return dict(self.conn.execute("SELECT name, max_connections FROM accounts"))
