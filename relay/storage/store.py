@@ -467,7 +467,8 @@ class Store:
 
         It is written as primary, so it goes before an automatic mapping of the same priority.
 
-        Raises MappingError for an unknown channel or account, or a pair config.yaml maps (config wins).
+        Raises MappingError for an unknown channel, account or stream (one no sync imported and no
+        config mapping names), or a pair config.yaml maps (config wins).
         """
         c = self.conn
         with _tx(c):
@@ -476,14 +477,15 @@ class Store:
             acc = c.execute("SELECT id FROM accounts WHERE name=?", (account,)).fetchone()
             if acc is None:
                 raise MappingError(f"unknown account {account!r}")
-            c.execute(
-                "INSERT INTO xtream_channels (account_id, stream_id) VALUES (?,?)"
-                " ON CONFLICT(account_id, stream_id) DO NOTHING",
-                (acc[0], stream_id),
-            )
-            (xid,) = c.execute(
+            known = c.execute(
                 "SELECT id FROM xtream_channels WHERE account_id=? AND stream_id=?", (acc[0], stream_id)
             ).fetchone()
+            if known is None:  # a typo would otherwise become priority-0 mapping that never plays
+                raise MappingError(
+                    f"unknown stream {account}/{stream_id}: not among {account}'s streams"
+                    " (relay sync imports them; relay channels --search TEXT finds one)"
+                )
+            (xid,) = known
             row = c.execute(
                 "SELECT source FROM channel_mappings WHERE xmltv_channel_id=? AND xtream_channel_id=?",
                 (channel_id, xid),
