@@ -134,6 +134,7 @@ def synced(tmp_path: Path) -> Iterator[dict[str, Any]]:
     streams = [
         Stream(1, "UK: News HD", "news.uk", "1", icon="http://img/news.png"),
         Stream(2, "Film", "film.uk", "2", icon="http://img/film.png"),
+        Stream(3, "Radio", "radio.uk", "2", icon="http://panel/logo.php?username=alice&id=3"),  # a secret
     ]
     with FakeXtream(streams=streams, categories={"1": "UK News", "2": "Movies"}) as panel:
         cfg = {
@@ -149,7 +150,7 @@ def synced(tmp_path: Path) -> Iterator[dict[str, Any]]:
         store.sync_config(config)  # what `relay sync` and `serve` do first
         store.close()
         report = run_sync(config, tmp_path / "relay.db")
-        assert report.mapping.served == 2
+        assert report.mapping.served == 3
         yield cfg
 
 
@@ -187,10 +188,12 @@ async def test_the_served_guide_is_valid_xmltv_with_logos_and_placeholder_progra
     assert validate.returncode == 0, validate.stdout + validate.stderr
     root = ET.parse(path).getroot()
     chans = {c.findtext("display-name"): c for c in root.iter("channel")}
-    assert set(chans) == {"1000", "1001"} and all(c.find("lcn") is None for c in chans.values())
+    assert set(chans) == {"1000", "1001", "1002"} and all(c.find("lcn") is None for c in chans.values())
     by_name = {c.findall("display-name")[1].text: c for c in chans.values()}
     assert by_name["News"].find("icon").get("src") == "http://img/guide-news.png"  # the guide's own
     assert by_name["Film"].find("icon").get("src") == "http://img/film.png"  # the provider's logo
+    assert by_name["Radio"].find("icon") is None  # its logo URL carries the line's username
+    assert b"alice" not in path.read_bytes()
     film, news = by_name["Film"].get("id"), by_name["News"].get("id")
     progs = list(root.iter("programme"))
     kept = [p for p in progs if p.get("channel") == news]
@@ -213,7 +216,8 @@ async def test_lineup_m3u_parses_with_ipytv_with_logos_groups_and_the_guide_url(
         lineup = orjson.loads((await request(relay.port, GET_LINEUP)).partition(b"\r\n\r\n")[2])
     pl = playlist.loads(raw.partition(b"\r\n\r\n")[2].decode())
     assert pl.get_attributes()["x-tvg-url"] == "http://tv.lan:5004/xmltv.xml"
-    assert pl.length() == len(lineup) == 2
+    assert pl.length() == len(lineup) == 3
+    assert b"alice" not in raw
     got = {c.name: (c.url, c.attributes) for c in pl.get_channels()}
     url, attrs = got["News"]
     assert url.startswith("http://tv.lan:5004/auto/v")

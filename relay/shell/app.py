@@ -165,7 +165,12 @@ class Relay:
         self.channels = channel_list(self.cfg, self.store)
         self._by_id = {c.id: c for c in self.channels}
         self._by_number = {c.number: c.id for c in self.channels}
-        self.art = {cid: hdhomerun.ChannelArt(*a) for cid, a in self.store.channel_art().items()}
+        secrets = [s for a in self.cfg.accounts for s in (a.username, a.password) if len(s) >= 3]
+        self.art = {}
+        for cid, (logo, group) in self.store.channel_art().items():
+            if logo and any(secret in logo for secret in secrets):
+                logo = None  # a logo URL on the panel with the line's credentials in it: not shown
+            self.art[cid] = hdhomerun.ChannelArt(logo, group)
 
     def _synced(self, report: SyncReport) -> None:
         """After a sync: new channels in the lineup and guide, the panels' connection limits."""
