@@ -16,11 +16,17 @@ $(STAMP): pyproject.toml
 
 # ffmpeg makes the test/demo media and is the real client in tests; hdhomerun_config is SiliconDust's client;
 # systemd-analyze checks deploy/relay.service; chromium + chromium-driver: the web page's tests run in a
-# real (headless) browser, through selenium.
+# real (headless) browser, through selenium; xmllint (libxml2-utils) and tv_validate_file + xmltv.dtd
+# (xmltv-util) check the guide; ip (iproute2) brings up the loopback of the network namespace the TCP
+# 65001 tests run in.
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v hdhomerun_config >/dev/null || missing="$$missing hdhomerun-config"; \
+	command -v xmllint >/dev/null || missing="$$missing libxml2-utils"; \
+	[ -f /usr/share/xmltv/xmltv.dtd ] && command -v tv_validate_file >/dev/null || missing="$$missing xmltv-util"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v unshare >/dev/null || missing="$$missing util-linux"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \

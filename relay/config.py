@@ -189,6 +189,11 @@ class TunerConfig(_Model):
     friendly_name: str = "relay"
     tuner_count: int = Field(2, ge=1)
     base_url: str | None = None  # what Plex should use to reach us; else taken from the Host header
+    # ModelNumber in discover.json, device.xml and /sys/hwmodel. Jellyfin (and Emby) treat a model
+    # containing "HDTC" as an EXTEND (transcoding) tuner and offer ?transcode= profiles the relay
+    # ignores; HDHR4-2US (CONNECT) claims no transcoding. FirmwareName follows the model.
+    model: str = Field("HDHR4-2US", min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")
+    lineup_warn: int = Field(480, ge=0)  # more channels than this: a warning (Plex's DVR copes with ~480)
 
 
 class DiscoveryConfig(_Model):
@@ -208,11 +213,20 @@ class GuideSource(_Model):
         return self
 
 
+class DummyGuideConfig(_Model):
+    """Placeholder programmes for lineup channels without guide data (Plex hides such channels)."""
+
+    enabled: bool = True
+    block_h: float = Field(2.0, gt=0, le=24)  # one programme, titled with the channel name, per block
+    days: float = Field(3.0, gt=0, le=14)  # from the build time on
+
+
 class GuideConfig(_Model):
-    """`guide:` is a list of sources, or {sources: [...], refresh_h: N}."""
+    """`guide:` is a list of sources, or {sources: [...], refresh_h: N, dummy: {...}}."""
 
     sources: tuple[GuideSource, ...] = ()
     refresh_h: float = Field(6.0, gt=0)  # how often /xmltv.xml is rebuilt from its sources
+    dummy: DummyGuideConfig = DummyGuideConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -253,7 +267,21 @@ class ChannelsFromGuideConfig(_Model):
 
     include: tuple[str, ...] = ()  # guide channel ids or display names; * and ? match anything
     groups: tuple[str, ...] = ()  # provider categories (group-title); * and ? match anything
+    # never served, whatever include/groups say: ids, names or categories; globs, or regexes as
+    # "re:PATTERN" (searched, case-insensitive)
+    exclude: tuple[str, ...] = ()
     numbering: NumberingConfig = NumberingConfig()
+
+    @field_validator("exclude")
+    @classmethod
+    def _regexes_compile(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in v:
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as e:
+                    raise ValueError(f"{pattern!r} is not a valid regular expression ({e})") from None
+        return v
 
 
 # ---- the web page (relay/web) and the operators' metrics: issue 19 ---------------------------------------

@@ -48,6 +48,7 @@ DEVICE = DeviceInfo(
     tuner_count=3,
     base_url="http://127.0.0.1:5004",
     device_auth="abcdefghijklmnopqrstuvwx",
+    model="HDTC-2US",
 )
 
 
@@ -280,7 +281,7 @@ async def test_hdhomerun_config_discovers_the_relay_on_loopback(
         assert re.findall(r"hdhomerun device (\S+) found", out) == [info.device_id], out
         rc, out = await run_client("127.0.0.1", "get", "/sys/model")
         assert rc == 0, out
-        assert out.strip() == "hdhomeruntc_atsc"
+        assert out.strip() == "hdhomerun4_atsc"  # the default model, HDHR4-2US
     finally:
         udp.close()
         tcp.close()

@@ -32,6 +32,8 @@ USERNAME = "user-ID-4711"
 ROUTES = {
     "/health", "/discover.json", "/lineup.json", "/lineup.m3u", "/lineup_status.json", "/lineup.post",
     "/device.xml", "/", "/xmltv.xml", "/metrics", "/status", "/ui",
+    # what each tuner streams to whom (the viewer's address, as a real HDHomeRun shows it): read-only
+    "/lineup.xml", "/status.json", "/tuners.html",
 }  # fmt: skip
 PREFIXES = {"/stream/", "/auto/v", "/ui/"}
 

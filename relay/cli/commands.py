@@ -26,7 +26,7 @@ import orjson
 
 from relay import config as config_mod
 from relay.config import Config, ConfigError
-from relay.core.mapping import quality_of
+from relay.core.mapping import fold, matches, quality_of
 from relay.storage.files import group_id
 from relay.storage.store import MappedStream, MappingError, Store
 
@@ -104,7 +104,7 @@ class _Progress:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from relay.sources.sync import sync_once
+    from relay.sources.sync import lineup_warning, sync_once
     from relay.storage.eventlog import EventLog
 
     try:
@@ -161,8 +161,19 @@ def cmd_sync(args: argparse.Namespace) -> int:
         shown = ", ".join(m.channels_without_streams[:8])
         more = len(m.channels_without_streams) - 8
         print(f"  no stream for: {shown}{f' and {more} more' if more > 0 else ''}")
-    if m.unmapped_streams or m.ambiguous_streams or m.channels_without_streams:
+    if m.guide_without_streams:
+        shown = ", ".join(m.guide_without_streams[:8])
+        more = len(m.guide_without_streams) - 8
+        print(
+            f"  {len(m.guide_without_streams)} guide channel(s) without any stream:"
+            f" {shown}{f' and {more} more' if more > 0 else ''}"
+        )
+    if m.unmapped_streams or m.ambiguous_streams or m.channels_without_streams or m.guide_without_streams:
         print("  (relay channels --unmapped lists them)")
+    print(f"lineup: {m.lineup} channel(s)")
+    warning = lineup_warning(cfg, report)
+    if warning is not None:
+        print(f"warning: {warning}")
     print(f"done in {report.seconds:.1f} s")
     worked = any(a.state == "ok" for a in report.accounts) or g.sources_ok
     return 0 if worked or not (report.accounts or g.sources) else 1
@@ -201,8 +212,12 @@ def cmd_channels(args: argparse.Namespace) -> int:
         by_channel: dict[str, list[MappedStream]] = defaultdict(list)
         for s in store.mapped_streams():
             by_channel[s.channel_id].append(s)
+        if args.search is not None or args.group is not None:
+            _print_search(store, by_channel, args.search or "", args.group)
+            return 0
         if args.unmapped:
             _print_unmapped(store, channels, by_channel)
+            _print_guide_without_streams(cfg, store)
             return 0
         if args.skipped:
             _print_skipped(store)
@@ -244,6 +259,53 @@ def _print_unmapped(store: Store, channels: list[Any], by_channel: dict[str, lis
     _table(rows, sys.stdout)
     if loose:
         print("Map one by hand: relay map CHANNEL ACCOUNT/STREAM_ID --priority N")
+
+
+def _print_guide_without_streams(cfg: Config, store: Store) -> None:
+    from relay.sources.sync import guide_channels_without_streams
+
+    empty = guide_channels_without_streams(store, cfg)
+    print(f"Guide channels without any stream: {len(empty)}")
+    _table([["", cid, _clip(name)] for cid, name in empty], sys.stdout)
+
+
+def _print_search(
+    store: Store, by_channel: dict[str, list[MappedStream]], text: str, group: str | None
+) -> None:
+    """Provider streams whose name contains `text` (case and accents aside), in a category matching
+    `group` (a glob, "re:REGEX", or a part of the name), with the channels they are on."""
+    on: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for cid, streams in by_channel.items():
+        for s in streams:
+            on[(s.account, s.stream_id)].append(cid)
+    needle = fold(text)
+    found = [
+        s
+        for s in store.streams()
+        if s.name is not None
+        and needle in fold(s.name)
+        and (group is None or _group_matches(group, s.category or ""))
+    ]
+    rows = [["STREAM", "QUALITY", "NAME", "GROUP", "EPG ID", "ON CHANNEL"]]
+    for s in found:
+        rows.append(
+            [
+                f"{s.account}/{s.stream_id}",
+                quality_of(s.name) or "-",
+                _clip(s.name or ""),
+                _clip(s.category or "-", 24),
+                s.epg_channel_id or "-",
+                ",".join(on.get((s.account, s.stream_id), [])) or "-",
+            ]
+        )
+    _table(rows, sys.stdout)
+    print(f"{len(found)} stream(s); map one with: relay map CHANNEL ACCOUNT/STREAM_ID --priority N")
+
+
+def _group_matches(pattern: str, category: str) -> bool:
+    if pattern.startswith("re:") or any(c in pattern for c in "*?["):
+        return matches(pattern, category)
+    return fold(pattern) in fold(category)
 
 
 # ---- relay map / unmap ---------------------------------------------------------------------------------
@@ -387,9 +449,13 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("channels", help="list the channels and their streams in the order they are tried")
     p.add_argument("--config", help=help_config)
     p.add_argument(
-        "--unmapped", action="store_true", help="list channels without a stream and streams on none"
+        "--unmapped",
+        action="store_true",
+        help="list channels without a stream, guide channels no stream carries, and streams on none",
     )
     p.add_argument("--skipped", action="store_true", help="list the entries the last sync left out, and why")
+    p.add_argument("--search", metavar="TEXT", help="find provider streams whose name contains TEXT")
+    p.add_argument("--group", metavar="G", help="with --search: only streams in a category matching G")
     p.set_defaults(func=cmd_channels)
     p = sub.add_parser(
         "map",

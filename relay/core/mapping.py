@@ -73,6 +73,9 @@ def _fold(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 
 
+fold = _fold  # for the CLI's search: the same folding the matching uses
+
+
 def _strip_country(name: str) -> str:
     previous = None
     while previous != name:  # "|UK| VIP: ..." has more than one prefix
@@ -225,17 +228,23 @@ def select_channels(
     *,
     include: Sequence[str] = (),
     groups: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> list[GuideChannel]:
     """The guide channels that become relay channels: mapped to a stream and, when `include` or
-    `groups` is set, matching an include pattern (id or name) or carried in a listed category."""
+    `groups` is set, matching an include pattern (id or name) or carried in a listed category; never
+    one whose id, name or category matches an `exclude` pattern."""
     out = []
     for ch in candidates:
         if ch.id not in mapped:
             continue
+        labels = [ch.id, *ch.names]
+        if exclude and any(
+            matches(p, label) for p in exclude for label in (*labels, *categories.get(ch.id, ()))
+        ):
+            continue
         if not include and not groups:
             out.append(ch)
             continue
-        labels = [ch.id, *ch.names]
         if any(matches(p, label) for p in include for label in labels) or any(
             matches(p, cat) for p in groups for cat in categories.get(ch.id, ())
         ):
@@ -244,7 +253,10 @@ def select_channels(
 
 
 def matches(pattern: str, value: str) -> bool:
-    """A config pattern (* and ?) against an id or a name, ignoring case and accents."""
+    """A config pattern against an id, a name or a category, ignoring case and accents: a glob
+    (* and ?, the whole value), or "re:REGEX" (searched anywhere in the value, its accents removed)."""
+    if pattern.startswith("re:"):
+        return re.search(pattern[3:], _fold(value), re.IGNORECASE) is not None  # re caches compiled ones
     return fnmatch.fnmatchcase(_fold(value), _fold(pattern))
 
 

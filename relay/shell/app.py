@@ -37,6 +37,7 @@ from relay.storage.notify import Notifier
 from relay.storage.store import Store
 from relay.tuner import hdhomerun
 from relay.tuner.discovery import device_info, start_discovery
+from relay.tuner.status import LiveView, Playing, TunerSlots
 from relay.web import register as register_ui  # issue 19: the web page
 
 log = logging.getLogger("relay")
@@ -79,6 +80,7 @@ class Relay:
         self.channels: list[ChannelConfig] = list(cfg.channels)  # config channels, then synced ones
         self._by_id = {c.id: c for c in self.channels}
         self._by_number = {c.number: c.id for c in self.channels}
+        self.art: dict[str, hdhomerun.ChannelArt] = {}  # logos and groups for lineup.m3u and the guide
         self.discovery: list[Any] = []
         self._reconciler: asyncio.TimerHandle | None = None
         self.sync_task: asyncio.Task[None] | None = None  # relay.sources.sync: accounts and guide channels
@@ -94,7 +96,13 @@ class Relay:
             apprise=[(n.apprise, n.expiry_days) for n in cfg.notify if n.apprise],  # issue 19: in words
             names=lambda: {c.id: c.name for c in self.channels},
         )
-        self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h, channels=lambda: self.channels)
+        self.guide = GuideCache(
+            cfg,
+            refresh_h=cfg.guide.refresh_h,
+            channels=lambda: self.channels,
+            icons=lambda: {cid: a.logo for cid, a in self.art.items() if a.logo},
+        )
+        self._tuner_slots = TunerSlots(cfg.tuner.tuner_count)  # stable tuner numbers for status.json
         lim = cfg.limits
         self.tunes = TuneLimiter(
             lim.failing_tune_burst, lim.failing_tune_every_s, lim.failing_channel_s, lim.tune_peers
@@ -105,6 +113,9 @@ class Relay:
             "/discover.json": (get, self._discover),
             "/lineup.json": (get, self._lineup),
             "/lineup.m3u": (get, self._lineup_m3u),
+            "/lineup.xml": (get, self._lineup_xml),
+            "/status.json": (get, self._status_json),
+            "/tuners.html": (get, self._tuners_html),
             "/lineup_status.json": (get, self._lineup_status),
             "/lineup.post": (("POST", "GET"), self._lineup_post),
             "/device.xml": (get, self._device_xml),
@@ -178,7 +189,8 @@ class Relay:
         self.port = sock[1]
         self.started_at = loop.time()
         log.info("listening on http://%s:%d", _host_for_url(cfg.server.host), self.port)
-        self.discovery = await start_discovery(cfg, device_info(cfg, self.port), loop, log)
+        device = device_info(cfg, self.port)
+        self.discovery = await start_discovery(cfg, device, loop, log, view=self.live_view)
         self._reconciler = loop.call_later(RECONCILE_S, self._reconcile_tick)
         self.guide.start()
         self.sync_task = start_sync(self.cfg, self.store, self.events, on_synced=self._synced)
@@ -218,6 +230,12 @@ class Relay:
         self.channels = channel_list(self.cfg, self.store)
         self._by_id = {c.id: c for c in self.channels}
         self._by_number = {c.number: c.id for c in self.channels}
+        secrets = [s for a in self.cfg.accounts for s in (a.username, a.password) if len(s) >= 3]
+        self.art = {}
+        for cid, (logo, group) in self.store.channel_art().items():
+            if logo and any(secret in logo for secret in secrets):
+                logo = None  # a logo URL on the panel with the line's credentials in it: not shown
+            self.art[cid] = hdhomerun.ChannelArt(logo, group)
 
     def _synced(self, report: SyncReport) -> None:
         """After a sync: new channels in the lineup and guide, the panels' connection limits."""
@@ -351,8 +369,34 @@ class Relay:
         self._send(proto, req, body, "application/json")
 
     def _lineup_m3u(self, proto: HttpProtocol, req: Request) -> None:
-        body = hdhomerun.lineup_m3u(self.channels, self.base_url(proto, req))
+        body = hdhomerun.lineup_m3u(self.channels, self.base_url(proto, req), self.art)
         self._send(proto, req, body, "audio/x-mpegurl")
+
+    # ---- what the tuners do now: status.json, tuners.html and the TCP control channel ------------------
+
+    def live_view(self) -> LiveView:
+        """Each tuner's stream (channel, viewer, bit/s), read from the sessions that have a viewer."""
+        now = asyncio.get_running_loop().time()
+        playing = []
+        for s in self.sessions:
+            ch = self._by_id.get(s.channel)
+            st = s.status(now)
+            if s.ended or st.lingering or not st.clients or ch is None:
+                continue
+            port = getattr(s.outputs.viewers[0], "peer_port", 0)  # the first viewer is the tuner's target
+            bps = int(st.bitrate_kbps * 1000)
+            playing.append(Playing(s, ch.number, ch.name, st.peers[0], port, bps))
+        return self._tuner_slots.view(playing, len(self.channels))
+
+    def _status_json(self, proto: HttpProtocol, req: Request) -> None:
+        self._send(proto, req, hdhomerun.status_json(self.live_view()), "application/json")
+
+    def _tuners_html(self, proto: HttpProtocol, req: Request) -> None:
+        self._send(proto, req, hdhomerun.tuners_html(self.live_view()), "text/html; charset=utf-8")
+
+    def _lineup_xml(self, proto: HttpProtocol, req: Request) -> None:
+        body = hdhomerun.lineup_xml(self.channels, self.base_url(proto, req))
+        self._send(proto, req, body, "application/xml")
 
     def _lineup_status(self, proto: HttpProtocol, req: Request) -> None:
         self._send(proto, req, hdhomerun.lineup_status_json(), "application/json")

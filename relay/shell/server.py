@@ -81,6 +81,7 @@ class HttpProtocol(asyncio.Protocol):
         self.streaming = False  # a stream request has taken this connection over
         self.chunked = True
         self.peer = ""
+        self.peer_port = 0  # with `peer`: where a stream goes (the HDHomeRun tuner's target)
         self._url = bytearray()
         self._headers: dict[str, str] = {}
         self._body = bytearray()  # a POST's body (the /ui API), bounded like the head
@@ -104,6 +105,7 @@ class HttpProtocol(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SNDBUF)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self.peer_port = int(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 else 0
         local = transport.get_extra_info("sockname")
         self.local_ip = local[0] if isinstance(local, tuple) else None
         if self.reject:

@@ -2,8 +2,9 @@
 
 Owns: reading the guide sources (`guide:` files and URLs, else each active account's xmltv.php),
 rewriting them into one XMLTV file whose channels are exactly the configured ones (ids from
-`hdhomerun.guide_id`, display-names for the number and the name, `<lcn>`), and keeping that file and a
-gzip'd sibling on disk, rebuilt in a worker thread every `refresh_h` hours.
+`hdhomerun.guide_id`; the DTD-valid rendering, the provider logos and the placeholder programmes for
+channels without any are relay.sources.xmltv's), and keeping that file and a gzip'd sibling on disk,
+rebuilt in a worker thread every `refresh_h` hours.
 
 Theory of operation: a build streams each source through `ElementTree.iterparse`, clearing every
 element once handled, and appends the kept programmes to a temporary body file; then it writes the
@@ -30,12 +31,12 @@ import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from relay.config import ChannelConfig, Config
+from relay.config import ChannelConfig, Config, DummyGuideConfig
 from relay.sources.fetch import (
     Cancelled,
     Opener,
@@ -48,8 +49,9 @@ from relay.sources.fetch import (
     url_secrets,
 )
 from relay.sources.tls import account_ca_file
+from relay.sources.xmltv import channel_xml, conform_programme, dummy_programmes
 from relay.storage.files import group_id, restrict
-from relay.tuner.hdhomerun import guide_id, sorted_channels, xml_attr, xml_text
+from relay.tuner.hdhomerun import guide_id, sorted_channels
 
 DEFAULT_REFRESH_H = 6.0
 RETRY_AFTER_FAILURE_S = 900.0  # a failed refresh is retried sooner than the next regular one
@@ -118,6 +120,7 @@ class _BuildState:
     icons: dict[str, str] = field(default_factory=dict)
     programmes: int = 0
     bad_times: int = 0
+    invalid: int = 0  # programmes without a title: the DTD allows none
 
 
 def top_level_elements(stream: Reader) -> Iterator[ET.Element]:
@@ -172,24 +175,14 @@ def _keep_programme(elem: ET.Element, index: int, state: _BuildState, out: TextI
             del elem.attrib["stop"]
         else:
             elem.set("stop", norm_stop)
+    if not conform_programme(elem):
+        state.invalid += 1
+        return
     elem.tail = None
     out.write("  ")
     out.write(ET.tostring(elem, encoding="unicode"))
     out.write("\n")
     state.programmes += 1
-
-
-def _channel_xml(ch: ChannelConfig, icon: str | None) -> str:
-    lines = [
-        f"  <channel id={xml_attr(guide_id(ch))}>",
-        f"    <display-name>{xml_text(ch.number)}</display-name>",
-        f"    <display-name>{xml_text(ch.name)}</display-name>",
-    ]
-    if icon:
-        lines.append(f"    <icon src={xml_attr(icon)} />")
-    lines.append(f"    <lcn>{xml_text(ch.number)}</lcn>")
-    lines.append("  </channel>")
-    return "\n".join(lines) + "\n"
 
 
 _HEADER = (
@@ -208,6 +201,8 @@ class BuildReport:
     errors: tuple[str, ...]  # one scrubbed line per failed source
     bad_times: int
     seconds: float
+    dummies: int = 0  # channels given placeholder programmes
+    invalid: int = 0  # source programmes dropped for want of a title
 
 
 def build_guide(
@@ -219,8 +214,14 @@ def build_guide(
     opener: Opener | None = None,
     cancel: threading.Event | None = None,
     gid: int | None = None,
+    icons: Mapping[str, str] | None = None,
+    dummy: DummyGuideConfig | None = None,
+    now: float | None = None,
 ) -> BuildReport:
     """Build the guide into xml_path and gz_path (blocking; run it in a worker thread).
+
+    `icons` (channel id -> provider logo) is used where the guide source has no icon; `dummy`, when
+    enabled, gives every channel without programmes placeholder ones from `now` on.
 
     Raises GuideBuildError, leaving the existing files alone, when there were sources and none
     could be read.
@@ -230,7 +231,8 @@ def build_guide(
     ordered = sorted_channels(channels)
     state = _BuildState(relay_ids={ch.id: guide_id(ch) for ch in ordered})
     errors: list[str] = []
-    ok = 0
+    ok = dummies = 0
+    logos = icons or {}
     folder = xml_path.parent
     folder.mkdir(parents=True, exist_ok=True)
     temps: list[Path] = []
@@ -256,6 +258,12 @@ def build_guide(
                     raise
                 except Exception as e:  # a source's failure is reported, the others still count
                     errors.append(src.scrub(f"{src.label}: {describe(e)}"))
+            if dummy is not None and dummy.enabled:
+                at = time.time() if now is None else now
+                for ch in ordered:
+                    if ch.id not in state.claimed:
+                        out.writelines(dummy_programmes(ch, at, dummy.block_h, dummy.days))
+                        dummies += 1
         if sources and not ok:
             raise GuideBuildError("; ".join(errors) or "no guide source could be read")
         xml_tmp, gz_tmp = temp(".xml.tmp"), temp(".gz.tmp")
@@ -266,7 +274,8 @@ def build_guide(
                 g.write(data)
 
             put(_HEADER.encode())
-            put("".join(_channel_xml(ch, state.icons.get(ch.id)) for ch in ordered).encode("utf-8"))
+            chans = (channel_xml(ch, state.icons.get(ch.id) or logos.get(ch.id)) for ch in ordered)
+            put("".join(chans).encode())
             with body.open("rb") as b:
                 while chunk := b.read(CHUNK):
                     put(chunk)
@@ -285,6 +294,8 @@ def build_guide(
         errors=tuple(errors),
         bad_times=state.bad_times,
         seconds=time.monotonic() - began,
+        dummies=dummies,
+        invalid=state.invalid,
     )
 
 
@@ -295,7 +306,7 @@ def _build_in_child(
     xml_path: Path,
     gz_path: Path,
     out: Any,
-    gid: int | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> None:
     """The body of the guide-build child process: build, then send ("ok", report) or ("error", text).
 
@@ -304,7 +315,8 @@ def _build_in_child(
     """
     try:
         try:
-            result: tuple[str, Any] = ("ok", build_guide(channels, sources, xml_path, gz_path, gid=gid))
+            report = build_guide(channels, sources, xml_path, gz_path, **(extras or {}))
+            result: tuple[str, Any] = ("ok", report)
         except GuideBuildError as e:
             result = ("error", str(e))
         except Exception as e:  # anything else still reaches the parent as one scrubbed line
@@ -349,9 +361,11 @@ class GuideCache:
         log: logging.Logger | None = None,
         opener: Opener | None = None,
         channels: Callable[[], Sequence[ChannelConfig]] | None = None,
+        icons: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self._cfg = cfg
         self.channels = channels or (lambda: cfg.channels)  # the relay's channel list, synced ones too
+        self.icons = icons or dict  # channel id -> provider logo, for channels whose guide has no icon
         self._refresh_s = refresh_h * 3600.0
         folder = cache_dir if cache_dir is not None else cfg.path(cfg.storage.database).parent
         self.xml_path = folder / "xmltv.xml"
@@ -380,10 +394,15 @@ class GuideCache:
             return None
         return files.gz if gzipped else files.xml
 
+    def _extras(self) -> dict[str, Any]:
+        """build_guide's keyword arguments besides the sources (they cross a process boundary)."""
+        return {"icons": dict(self.icons()), "dummy": self._cfg.guide.dummy, "gid": self._gid}
+
     def ensure_placeholder(self) -> None:
         """Write a channels-only guide if none is on disk (small, quick, synchronous)."""
         if self.current() is None:
-            build_guide(self.channels(), (), self.xml_path, self.gz_path, cancel=self._cancel, gid=self._gid)
+            extras = {**self._extras(), "dummy": None}  # channels only: the first build adds the rest
+            build_guide(self.channels(), (), self.xml_path, self.gz_path, cancel=self._cancel, **extras)
 
     def _build(self) -> BuildReport:
         return build_guide(
@@ -393,7 +412,7 @@ class GuideCache:
             self.gz_path,
             opener=self._opener,
             cancel=self._cancel,
-            gid=self._gid,
+            **self._extras(),
         )
 
     async def _build_isolated(self) -> BuildReport:
@@ -410,7 +429,7 @@ class GuideCache:
             self.xml_path,
             self.gz_path,
             sender,
-            self._gid,
+            self._extras(),
         )
         child = ctx.Process(target=_build_in_child, args=args, name="relay-guide-build", daemon=True)
         child.start()
@@ -467,6 +486,10 @@ class GuideCache:
             )
         if r.bad_times:
             self._log.info("guide: dropped %d programme(s) with an unreadable start time", r.bad_times)
+        if r.invalid:
+            self._log.info("guide: dropped %d programme(s) without a title", r.invalid)
+        if r.dummies:
+            self._log.info("guide: placeholder programmes for %d channel(s) without guide data", r.dummies)
 
     async def _run(self) -> None:
         while True:

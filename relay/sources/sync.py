@@ -95,6 +95,8 @@ class MapResult:
     unmapped_streams: int = 0
     ambiguous_streams: int = 0
     channels_without_streams: list[str] = field(default_factory=list)  # config or included ids
+    lineup: int = 0  # channels the relay serves: the config's and the guide's it selected
+    guide_without_streams: list[str] = field(default_factory=list)  # guide channels no stream carries
 
 
 @dataclass
@@ -344,7 +346,12 @@ def remap(store: Store, cfg: Config) -> MapResult:
     rule = cfg.channels_from_guide
     guide_only = [t for t in targets if t.id not in config_names]
     selected = select_channels(
-        guide_only, result.channels() | manual, categories, include=rule.include, groups=rule.groups
+        guide_only,
+        result.channels() | manual,
+        categories,
+        include=rule.include,
+        groups=rule.groups,
+        exclude=rule.exclude,
     )
     numbers = assign_numbers(
         selected,
@@ -362,7 +369,10 @@ def remap(store: Store, cfg: Config) -> MapResult:
     wanted = [c.id for c in cfg.channels] + [
         t.id for t in guide_only if any(matches(p, n) for p in rule.include for n in (t.id, *t.names))
     ]
+    carried = result.channels() | manual  # guide channels some stream carries, served or not
     return MapResult(
+        lineup=len({c.id for c in cfg.channels} | {t.id for t in selected}),
+        guide_without_streams=sorted(t.id for t in guide_only if t.id not in carried),
         served=len(selected),
         mapped_channels=len({m.channel_id for m in mappings}),
         mapped_streams=len(mappings),
@@ -370,6 +380,18 @@ def remap(store: Store, cfg: Config) -> MapResult:
         ambiguous_streams=len(result.ambiguous),
         channels_without_streams=[cid for cid in dict.fromkeys(wanted) if cid not in mapped],
     )
+
+
+def guide_channels_without_streams(store: Store, cfg: Config) -> list[tuple[str, str]]:
+    """(id, name) of the guide channels no stream carries: none maps to them automatically and none
+    by hand. The same rules as `remap`, read-only (for `relay channels --unmapped`)."""
+    config_ids = {c.id for c in cfg.channels}
+    rows = [r for r in store.guide_channels() if r.in_guide and r.id not in config_ids]
+    targets = [GuideChannel(r.id, r.names) for r in rows]
+    fixed = store.fixed_pairs()
+    result = auto_map(targets, store.streams(), [a.name for a in cfg.accounts], fixed=fixed)
+    carried = result.channels() | {ch for ch, _ in fixed}
+    return [(r.id, r.display_name) for r in rows if r.id not in carried]
 
 
 # ---- one sync, and the background task ---------------------------------------------------------------
@@ -408,6 +430,17 @@ def run_sync(
     return report
 
 
+def lineup_warning(cfg: Config, report: SyncReport) -> str | None:
+    """One line when the lineup is larger than `tuner.lineup_warn` (0: never)."""
+    size, limit = report.mapping.lineup, cfg.tuner.lineup_warn
+    if not limit or size <= limit:
+        return None
+    return (
+        f"the lineup has {size} channels, more than tuner.lineup_warn ({limit}): Plex's DVR is reported to"
+        " handle about 480 per tuner; narrow it with channels_from_guide.include, .groups or .exclude"
+    )
+
+
 def scrub_all(cfg: Config, text: str) -> str:
     """`text` without any account's username or password: for errors nobody expected."""
     secrets = tuple(s for a in cfg.accounts for s in (a.username, a.password))
@@ -438,6 +471,9 @@ async def sync_once(
         return None
     emit_events(report, events)
     log.info("sync: %s", report.summary())
+    warning = lineup_warning(cfg, report)
+    if warning is not None:
+        log.warning("sync: %s", warning)
     return report
 
 

@@ -504,6 +504,21 @@ class Store:
             for ch, acc, sid, name, prio, p, src, act in rows
         ]
 
+    def channel_art(self) -> dict[str, tuple[str | None, str | None]]:
+        """(logo, category) per mapped channel: the guide's icon, else the first stream's with one
+        (stream_icon / tvg-logo), in the order sessions try them; the category of the first stream."""
+        out: dict[str, tuple[str | None, str | None]] = {}
+        rows = self.conn.execute(
+            "SELECT m.xmltv_channel_id, g.icon, x.icon, x.category FROM channel_mappings m"
+            " JOIN xtream_channels x ON x.id = m.xtream_channel_id"
+            " LEFT JOIN xmltv_channels g ON g.id = m.xmltv_channel_id"
+            f" ORDER BY m.xmltv_channel_id, {MAPPING_ORDER}"
+        )
+        for cid, guide_icon, icon, category in rows:
+            logo, group = out.get(cid, (None, None))
+            out[cid] = (logo or guide_icon or icon or None, group or category or None)
+        return out
+
     def account_limits(self) -> dict[str, int]:
         """max_connections per account: the config's, else what the panel reported at the last sync."""
         return dict(self.conn.execute("SELECT name, max_connections FROM accounts"))
@@ -522,7 +537,8 @@ class Store:
 
         It is written as primary, so it goes before an automatic mapping of the same priority.
 
-        Raises MappingError for an unknown channel or account, or a pair config.yaml maps (config wins).
+        Raises MappingError for an unknown channel, account or stream (one no sync imported and no
+        config mapping names), or a pair config.yaml maps (config wins).
         """
         c = self.conn
         with _tx(c):
@@ -531,14 +547,15 @@ class Store:
             acc = c.execute("SELECT id FROM accounts WHERE name=?", (account,)).fetchone()
             if acc is None:
                 raise MappingError(f"unknown account {account!r}")
-            c.execute(
-                "INSERT INTO xtream_channels (account_id, stream_id) VALUES (?,?)"
-                " ON CONFLICT(account_id, stream_id) DO NOTHING",
-                (acc[0], stream_id),
-            )
-            (xid,) = c.execute(
+            known = c.execute(
                 "SELECT id FROM xtream_channels WHERE account_id=? AND stream_id=?", (acc[0], stream_id)
             ).fetchone()
+            if known is None:  # a typo would otherwise become priority-0 mapping that never plays
+                raise MappingError(
+                    f"unknown stream {account}/{stream_id}: not among {account}'s streams"
+                    " (relay sync imports them; relay channels --search TEXT finds one)"
+                )
+            (xid,) = known
             row = c.execute(
                 "SELECT source FROM channel_mappings WHERE xmltv_channel_id=? AND xtream_channel_id=?",
                 (channel_id, xid),

@@ -1,7 +1,7 @@
 """How clients find the tuner: SiliconDust's UDP/TCP 65001 protocol and (opt-in) SSDP.
 
 Owns: the libhdhomerun packet codec (u16 type, u16 length, TLV payload, little-endian CRC-32), the
-discover reply, a read-only get/set control channel (enough for `hdhomerun_config <ip> get /sys/model`),
+discover reply, the read-only get/set control channel (its items live in relay.tuner.control),
 the SSDP M-SEARCH replies and NOTIFY messages, and the asyncio protocols that carry them out.
 The codec and the message builders are sans-IO: bytes in, bytes out, no socket, no clock.
 
@@ -25,8 +25,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from relay.config import Config
+from relay.config import Config, TunerConfig
 from relay.tuner import hdhomerun
+from relay.tuner.control import answer as control_answer
+from relay.tuner.control import sys_values
+from relay.tuner.status import LiveView, idle_view
 
 # ---------------------------------------------------------------------------------------------
 # libhdhomerun packets (hdhomerun_pkt.h)
@@ -144,6 +147,7 @@ class DeviceInfo:
     base_url: str | None
     device_auth: str
     http_port: int = 5004
+    model: str = TunerConfig().model
 
     @property
     def lineup_url(self) -> str | None:
@@ -170,6 +174,7 @@ def device_info(cfg: Config, http_port: int) -> DeviceInfo:
         base_url=base,
         device_auth=hdhomerun.device_auth(dev_id),
         http_port=http_port,
+        model=hdhomerun.model_number(cfg),
     )
 
 
@@ -203,19 +208,12 @@ def discover_reply(request: bytes, device: DeviceInfo) -> bytes | None:
     return encode_packet(TYPE_DISCOVER_RPY, tlvs)
 
 
-def control_values(device: DeviceInfo) -> dict[str, str]:
-    """The read-only get/set variables the control channel answers."""
-    values = {
-        "/sys/model": hdhomerun.FIRMWARE_NAME,
-        "/sys/hwmodel": hdhomerun.MODEL_NUMBER,
-        "/sys/version": hdhomerun.FIRMWARE_VERSION,
-        "/sys/copyright": "relay (HDHomeRun emulation)",
-    }
-    values["help"] = "\n".join(["Supported configuration options:", *values])
-    return values
+def control_values(device: DeviceInfo, view: LiveView | None = None) -> dict[str, str]:
+    """The fixed read-only get/set variables (the per-tuner ones: `control.get`)."""
+    return sys_values(device, view or idle_view(device.tuner_count))
 
 
-def control_reply(request: Packet, device: DeviceInfo) -> bytes | None:
+def control_reply(request: Packet, device: DeviceInfo, view: LiveView | None = None) -> bytes | None:
     """The reply to one control request: get answers, set is refused (the relay is configured in YAML)."""
     if request.type != TYPE_GETSET_REQ:
         return None
@@ -223,14 +221,13 @@ def control_reply(request: Packet, device: DeviceInfo) -> bytes | None:
     if raw_name is None:
         return None
     name = raw_name.split(b"\0", 1)[0][:256].decode("utf-8", "replace")
-    value = control_values(device).get(name)
+    live = view or idle_view(device.tuner_count)
+    value, error = control_answer(name, request.get(TAG_GETSET_VALUE) is not None, device, live)
     tlvs: list[tuple[int, bytes]] = [(TAG_GETSET_NAME, name.encode() + b"\0")]
-    if request.get(TAG_GETSET_VALUE) is not None:
-        tlvs.append((TAG_ERROR_MESSAGE, b"ERROR: read only\0"))
-    elif value is None:
-        tlvs.append((TAG_ERROR_MESSAGE, b"ERROR: unknown getset variable\0"))
+    if error is not None:
+        tlvs.append((TAG_ERROR_MESSAGE, error.encode() + b"\0"))
     else:
-        tlvs.append((TAG_GETSET_VALUE, value.encode()[: MAX_PAYLOAD_SIZE - 300] + b"\0"))
+        tlvs.append((TAG_GETSET_VALUE, (value or "").encode()[: MAX_PAYLOAD_SIZE - 300] + b"\0"))
     return encode_packet(TYPE_GETSET_RPY, tlvs)
 
 
@@ -306,8 +303,9 @@ class ControlProtocol(asyncio.Protocol):
 
     idle_timeout_s = 30.0
 
-    def __init__(self, device: DeviceInfo) -> None:
+    def __init__(self, device: DeviceInfo, view: Callable[[], LiveView] | None = None) -> None:
         self.device = device
+        self._view = view  # what the tuners do now, read per request; None: all idle
         self._buf = bytearray()
         self._transport: asyncio.Transport | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -325,7 +323,8 @@ class ControlProtocol(asyncio.Protocol):
             frame = bytes(self._buf[:total])
             del self._buf[:total]
             try:
-                reply = control_reply(decode_packet(frame), self.device)
+                live = self._view() if self._view is not None else None
+                reply = control_reply(decode_packet(frame), self.device, live)
             except ValueError:  # PacketError, or a reply that would not fit a frame
                 self._transport.close()
                 return
@@ -558,12 +557,13 @@ async def start_discovery(
     discover_port: int = DISCOVER_PORT,
     ssdp_port: int = SSDP_PORT,
     control: bool = True,
+    view: Callable[[], LiveView] | None = None,
 ) -> list[Closable]:
     """Open what `cfg.discovery` asks for; returns what was opened (close each on shutdown).
 
     UDP 65001 discovery and the TCP 65001 control channel come with `discovery.udp`; SSDP (which joins
     239.255.255.250 and multicasts NOTIFYs) only with `discovery.ssdp`. A port that cannot be bound
-    costs one log line, never an exception.
+    costs one log line, never an exception. `view` tells the control channel what the tuners do.
     """
     loop = loop or asyncio.get_running_loop()
     log = log or logging.getLogger("relay.tuner.discovery")
@@ -582,7 +582,7 @@ async def start_discovery(
             )
         if control:
             try:
-                server = await loop.create_server(lambda: ControlProtocol(device), bind, discover_port)
+                server = await loop.create_server(lambda: ControlProtocol(device, view), bind, discover_port)
                 opened.append(server)
             except OSError as e:
                 log.warning("discovery: HDHomeRun control TCP %s:%d unavailable (%s)", bind, discover_port, e)

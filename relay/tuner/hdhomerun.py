@@ -1,8 +1,9 @@
 """The HTTP face of the emulated HDHomeRun tuner: the bodies Plex reads, built from the config.
 
-Owns: the DeviceID (stable, passing libhdhomerun's checksum), the BaseURL rule, discover.json,
-lineup.json / lineup.m3u, lineup_status.json, the lineup.post reply, device.xml, the relay's guide id
-for a channel, and the X-HDHomeRun-Error codes. Every function is pure: no sockets, no clock, no
+Owns: the DeviceID (stable, passing libhdhomerun's checksum), the model and firmware names, the
+BaseURL rule, discover.json, lineup.json / lineup.xml / lineup.m3u, lineup_status.json, the
+lineup.post reply, status.json and tuners.html, device.xml, the relay's guide id for a channel, and
+the X-HDHomeRun-Error codes. Every function is pure: no sockets, no clock, no
 event loop; the server's router calls them and writes the bytes.
 
 Must never: hand out a BaseURL of 0.0.0.0, echo an unchecked Host header into a body, or change a
@@ -17,18 +18,29 @@ import ipaddress
 import re
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from enum import IntEnum
+from typing import NamedTuple
 from xml.sax.saxutils import escape, quoteattr
 
 import orjson
 
 from relay.config import ChannelConfig, Config
+from relay.tuner.status import SIGNAL_QUALITY, SIGNAL_STRENGTH, SYMBOL_QUALITY, LiveView
 
 MANUFACTURER = "Silicondust"
-MODEL_NUMBER = "HDTC-2US"
-FIRMWARE_NAME = "hdhomeruntc_atsc"
 FIRMWARE_VERSION = "20200101"
+# ModelNumber -> FirmwareName, as SiliconDust's devices report them. HDTC ("TC": transcode) is the
+# EXTEND, the one model that transcodes: Jellyfin and Emby then offer ?transcode= profiles.
+FIRMWARE_NAMES = {
+    "HDHR3-US": "hdhomerun3_atsc",
+    "HDHR3-CC": "hdhomerun3_cablecard",
+    "HDHR4-2US": "hdhomerun4_atsc",
+    "HDHR4-2DT": "hdhomerun4_dvbt",
+    "HDHR5-2US": "hdhomerun5_atsc",
+    "HDHR5-4US": "hdhomerun5_atsc",
+    "HDTC-2US": "hdhomeruntc_atsc",
+}
 DEVICE_TYPE_URN = "urn:schemas-upnp-org:device:MediaServer:1"
 GUIDE_ID_SUFFIX = ".relay"
 
@@ -100,6 +112,20 @@ def udn(dev_id: str) -> str:
     """The UPnP UDN for a DeviceID: a name-based UUID whose first group is the DeviceID itself."""
     derived = uuid.uuid5(uuid.NAMESPACE_OID, f"relay.hdhomerun.{dev_id}")
     return f"uuid:{dev_id.lower()}{str(derived)[8:]}"
+
+
+def model_number(cfg: Config) -> str:
+    return cfg.tuner.model
+
+
+def firmware_name(model: str) -> str:
+    """The FirmwareName that goes with a ModelNumber (an unknown model gets a generic ATSC one)."""
+    return FIRMWARE_NAMES.get(model.upper(), "hdhomerun_atsc")
+
+
+def claims_transcoding(model: str) -> bool:
+    """What Jellyfin concludes from the model: "hdtc" anywhere in it means an EXTEND."""
+    return "hdtc" in model.lower()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,8 +208,8 @@ def discover_json(cfg: Config, base: str) -> bytes:
         {
             "FriendlyName": cfg.tuner.friendly_name,
             "Manufacturer": MANUFACTURER,
-            "ModelNumber": MODEL_NUMBER,
-            "FirmwareName": FIRMWARE_NAME,
+            "ModelNumber": model_number(cfg),
+            "FirmwareName": firmware_name(model_number(cfg)),
             "FirmwareVersion": FIRMWARE_VERSION,
             "DeviceID": dev_id,
             "DeviceAuth": device_auth(dev_id),
@@ -208,19 +234,86 @@ def lineup_json(channels: Iterable[ChannelConfig], base: str) -> bytes:
     )
 
 
+def lineup_xml(channels: Iterable[ChannelConfig], base: str) -> bytes:
+    """lineup.json as XML, the way a real tuner serves /lineup.xml: <Lineup><Program>... per channel."""
+    rows = []
+    for ch in sorted_channels(channels):
+        rows.append(
+            "<Program>"
+            f"<GuideNumber>{xml_text(ch.number)}</GuideNumber>"
+            f"<GuideName>{xml_text(ch.name)}</GuideName>"
+            f"<URL>{xml_text(stream_url(base, ch))}</URL>"
+            f"<HD>{1 if ch.hd else 0}</HD>"
+            "</Program>\n"
+        )
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<Lineup>\n' + "".join(rows) + "</Lineup>\n").encode()
+
+
+class ChannelArt(NamedTuple):
+    """What an M3U client shows beside a channel: the provider's logo and category."""
+
+    logo: str | None = None
+    group: str | None = None
+
+
 def _m3u_attr(value: str) -> str:
     """M3U attributes have no escaping: drop what would end the attribute or the line."""
     return re.sub(r'["\r\n]', "", value)
 
 
-def lineup_m3u(channels: Iterable[ChannelConfig], base: str) -> bytes:
-    lines = [f'#EXTM3U url-tvg="{_m3u_attr(base)}/xmltv.xml"']
+def lineup_m3u(
+    channels: Iterable[ChannelConfig], base: str, art: Mapping[str, ChannelArt] | None = None
+) -> bytes:
+    """The lineup as an extended M3U (Jellyfin, Emby, Channels, VLC): the guide URL in the header
+    (x-tvg-url, and url-tvg for older readers), tvg-id = the guide's channel id, tvg-chno, logo, group."""
+    guide = f"{_m3u_attr(base)}/xmltv.xml"
+    lines = [f'#EXTM3U x-tvg-url="{guide}" url-tvg="{guide}"']
     for ch in sorted_channels(channels):
         name = _m3u_attr(ch.name)
+        extra = (art or {}).get(ch.id, ChannelArt())
         attrs = f'tvg-id="{guide_id(ch)}" tvg-chno="{ch.number}" tvg-name="{name}"'
+        if extra.logo:
+            attrs += f' tvg-logo="{_m3u_attr(extra.logo)}"'
+        if extra.group:
+            attrs += f' group-title="{_m3u_attr(extra.group)}"'
         lines.append(f"#EXTINF:-1 {attrs},{name}")
         lines.append(stream_url(base, ch))
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def status_json(view: LiveView) -> bytes:
+    """/status.json: one object per tuner, `Resource` "tunerN"; a busy one also says what it streams,
+    to whom (TargetIP) and how fast (NetworkRate, bit/s), with a constant perfect signal."""
+    out: list[dict[str, object]] = []
+    for t in view.tuners:
+        entry: dict[str, object] = {"Resource": f"tuner{t.index}"}
+        if t.number is not None:
+            entry.update(
+                {
+                    "VctNumber": t.number,
+                    "VctName": t.name,
+                    "SignalStrengthPercent": SIGNAL_STRENGTH,
+                    "SignalQualityPercent": SIGNAL_QUALITY,
+                    "SymbolQualityPercent": SYMBOL_QUALITY,
+                    "TargetIP": t.target_ip,
+                    "NetworkRate": t.bps,
+                }
+            )
+        out.append(entry)
+    return orjson.dumps(out)
+
+
+def tuners_html(view: LiveView) -> bytes:
+    """The device's tuner page: scripts read its `<tr><td>Tuner N Channel</td><td>...</td></tr>` rows."""
+    rows = "".join(
+        f"<tr><td>Tuner {t.index} Channel</td>"
+        f"<td>{xml_text(f'{t.number} {t.name}') if t.number is not None else 'none'}</td></tr>\n"
+        for t in view.tuners
+    )
+    return (
+        "<!DOCTYPE html>\n<html><head><title>Tuner Status</title></head><body>\n"
+        f"<table>\n{rows}</table>\n</body></html>\n"
+    ).encode()
 
 
 _LINEUP_STATUS = orjson.dumps(
@@ -245,8 +338,8 @@ def device_xml(cfg: Config, base: str) -> bytes:
         "deviceType": DEVICE_TYPE_URN,
         "friendlyName": cfg.tuner.friendly_name,
         "manufacturer": MANUFACTURER,
-        "modelName": MODEL_NUMBER,
-        "modelNumber": MODEL_NUMBER,
+        "modelName": model_number(cfg),
+        "modelNumber": model_number(cfg),
         "serialNumber": dev_id,
         "UDN": udn(dev_id),
     }

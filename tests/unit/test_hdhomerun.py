@@ -32,7 +32,9 @@ def make_cfg(tmp_path: Path, **extra: Any) -> Any:
 
 
 def test_given_a_config_when_discover_json_then_every_field_has_the_type_plex_needs(tmp_path: Path) -> None:
-    cfg = make_cfg(tmp_path)
+    cfg = make_cfg(
+        tmp_path, tuner={"friendly_name": "Living room relay", "tuner_count": 3, "model": "HDTC-2US"}
+    )
     body = orjson.loads(hdhomerun.discover_json(cfg, BASE))
     assert body == {
         "FriendlyName": "Living room relay",
