@@ -422,18 +422,19 @@ def cmd_events(args: argparse.Namespace) -> int:
                     e = _parse(line)
                     if _wanted(e, args.channel, min_level):
                         last.append(e)
-    for e in last:
-        print(_event_line(e))
-    if not args.follow:
-        if not path.exists():
-            print(f"relay: no events yet ({path})", file=sys.stderr)
-        return 0
-    sys.stdout.flush()
-    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
-        for line in _follow(path, offset):
-            e = _parse(line)
-            if _wanted(e, args.channel, min_level):
-                print(_event_line(e), flush=True)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends it cleanly, also while the tail prints
+        for e in last:
+            print(_event_line(e))
+        if not args.follow:
+            if not path.exists():
+                print(f"relay: no events yet ({path})", file=sys.stderr)
+            return 0
+        sys.stdout.flush()
+        with contextlib.suppress(BrokenPipeError):
+            for line in _follow(path, offset):
+                e = _parse(line)
+                if _wanted(e, args.channel, min_level):
+                    print(_event_line(e), flush=True)
     return 0
 
 
