@@ -7,6 +7,9 @@ relay.core.mapping.
 Must never: print a password or a stream URL. Streams are named `account/stream_id`; every provider
 text reaching here was scrubbed where it was made (relay.sources.xtream, relay.sources.m3u,
 relay.sources.guide), and events hold none.
+
+Over 400 lines because each subcommand is its parser plus its table; they share the loading and the one-
+line errors.
 """
 
 from __future__ import annotations

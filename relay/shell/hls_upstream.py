@@ -19,6 +19,9 @@ cannot tell a playlist from a TS connection. What differs happens inside:
   detail go out through the optional `on_note` (the session makes events of them).
 
 URLs carry credentials: none is ever logged or put in a detail.
+
+Over 400 lines because the attempt carries its own small keep-alive HTTP client (requests, responses,
+pacing); the decisions are in relay.core.hls.
 """
 
 from __future__ import annotations

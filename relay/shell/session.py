@@ -7,6 +7,9 @@ upstream's packets through the splice. The session outlives its last viewer by `
 (a quick return, or Plex's retune, reuses it). Its parts live next to it: the viewers and their
 fan-out in relay/shell/outputs.py, the re-encoders in relay/shell/transcode.py; decisions are made
 in relay/core/failover.py. This module only translates between sockets, time and those decisions.
+
+Over 400 lines because the machine's actions, the timer and the upstream callbacks are one translation;
+fan-out and transcoding already live apart.
 """
 
 from __future__ import annotations

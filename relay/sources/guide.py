@@ -14,6 +14,9 @@ the old file keeps reading it. A failed build keeps the previous files.
 
 Must never: hold a whole guide in memory, block the event loop, or put account credentials in a log
 line or an error (URLs are redacted, error texts scrubbed).
+
+Over 400 lines because building, caching and the child-process build share the file protocol (temporary
+body, rename into place).
 """
 
 from __future__ import annotations

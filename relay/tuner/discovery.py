@@ -8,6 +8,9 @@ The codec and the message builders are sans-IO: bytes in, bytes out, no socket, 
 Must never: send anything unsolicited except the SSDP NOTIFYs when `discovery.ssdp` is on; answer a
 request anywhere but its source address; reply to a broadcast or multicast source; or stop the relay
 from starting because a port is taken (log one line and carry on).
+
+Over 400 lines because the codec, the three message kinds and their protocols share the packet format;
+the control items live apart.
 """
 
 from __future__ import annotations

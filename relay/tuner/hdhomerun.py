@@ -8,6 +8,8 @@ event loop; the server's router calls them and writes the bytes.
 
 Must never: hand out a BaseURL of 0.0.0.0, echo an unchecked Host header into a body, or change a
 DeviceID between restarts (Plex keys the whole DVR on it).
+
+Over 400 lines because every document Plex and other clients read is here, each a short pure function.
 """
 
 from __future__ import annotations

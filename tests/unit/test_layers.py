@@ -61,3 +61,16 @@ def test_only_the_entry_points_import_the_command_line() -> None:
 def test_the_package_never_imports_the_tests() -> None:
     users = [p for p in RELAY.rglob("*.py") if any(_is(n, "tests") for n in imports_of(p))]
     assert not users
+
+
+def test_a_module_over_400_lines_says_why_in_its_docstring() -> None:
+    """The layout's size rule: a long module is a choice, and its docstring defends it."""
+    silent = []
+    for p in sorted(RELAY.rglob("*.py")):
+        text = p.read_text()
+        if text.count("\n") <= 400:
+            continue
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if "because" not in doc or "lines" not in " ".join(doc.split()):
+            silent.append(str(p.relative_to(RELAY)))
+    assert not silent, f"over 400 lines and no docstring line saying why: {silent}"
