@@ -17,6 +17,9 @@ from typing import Any
 
 import orjson
 
+from relay.cluster.ledger import Ledger, Refusal
+from relay.cluster.setup import make_ledger, relay_id
+from relay.cluster.tuners import TunerGate
 from relay.config import ChannelConfig, Config, ConfigError
 from relay.core import http11
 from relay.core.failover import HealthMemory, Slots, State
@@ -58,6 +61,10 @@ class Relay:
         self.discovery: list[Any] = []
         self._reconciler: asyncio.TimerHandle | None = None
         self.sync_task: asyncio.Task[None] | None = None  # relay.sources.sync: accounts and guide channels
+        # cluster (relay.cluster): the lease ledger, this relay's name, tuner_count across the cluster
+        self.ledger: Ledger | None = None
+        self.relay_id = ""
+        self.tuners = TunerGate(lambda: self.ledger, cfg.tuner.tuner_count, self._tuner_refused)
         self.metrics = Metrics(lambda: self.sessions, lambda: self.shared.slots if self.shared else None)
         self.notifier = Notifier([n.url for n in cfg.notify])
         self.guide = GuideCache(cfg, refresh_h=cfg.guide.refresh_h, channels=lambda: self.channels)
@@ -120,6 +127,12 @@ class Relay:
         self.port = sock[1]
         self.started_at = loop.time()
         log.info("listening on http://%s:%d", _host_for_url(cfg.server.host), self.port)
+        if cfg.cluster.redis_url is not None:  # cluster hook: relay_id on every event, leases in Redis
+            self.relay_id = relay_id(cfg, self.port)
+            self.events.stamp = {"relay_id": self.relay_id}
+        self.ledger = make_ledger(cfg, self.shared.slots, self.relay_id, self.events.emit)
+        await self.ledger.start()
+        self.shared.ledger = self.ledger
         self.discovery = await start_discovery(cfg, device_info(cfg, self.port), loop, log)
         self._reconciler = loop.call_later(RECONCILE_S, self._reconcile_tick)
         self.guide.start()
@@ -139,6 +152,8 @@ class Relay:
             s.close("Shutdown")
         for c in list(self.connections):
             c.close()
+        if self.ledger is not None:
+            await self.ledger.close()  # gives back every lease still held
         if self.server is not None:
             await self.server.wait_closed()
             self.server = None
@@ -239,8 +254,19 @@ class Relay:
                 "uptime_s": round(loop.time() - self.started_at, 1),
                 "sessions": len(self.sessions),
                 "channels": len(self.channels),
+                **self._cluster_health(),
             },
         )
+
+    def _cluster_health(self) -> dict[str, Any]:
+        """In a cluster: this relay's name, whether its ledger answers, the leases it holds."""
+        ledger = self.ledger
+        if ledger is None or not ledger.clustered:
+            return {}
+        return {
+            "relay_id": self.relay_id,
+            "ledger": {"available": getattr(ledger, "available", None), "held": ledger.held()},
+        }
 
     def _metrics(self, proto: HttpProtocol, req: Request) -> None:
         self._send(proto, req, self.metrics.exposition(), METRICS_CONTENT_TYPE)
@@ -325,7 +351,7 @@ class Relay:
         proto.session = session
         session.add_output(proto)
         if session.machine.state is State.IDLE:
-            session.start()
+            self.tuners.start(session)  # in a cluster: after a tuner lease (relay.cluster.tuners)
 
     def _new_session(self, channel: str, peer: str) -> ChannelSession | None:
         """A session for a channel nobody watches yet, if a tuner is free (reclaiming one if need be)."""
@@ -359,7 +385,24 @@ class Relay:
                 victim.close("Reclaimed")
                 return
 
+    def _tuner_refused(self, session: ChannelSession, refusal: Refusal) -> None:
+        """The cluster has no tuner free (or cannot be asked): 805 to every viewer of the session."""
+        assert self.events is not None
+        self.events.emit(
+            "tune_refused",
+            "warn",
+            {"channel": session.channel, "reason": refusal.reason, "detail": refusal.detail},
+        )
+        busy = hdhomerun.TunerError.ALL_TUNERS_IN_USE.header()
+        for out in list(session.outputs):
+            session.remove_output(out, "TunerBusy")
+            if isinstance(out, HttpProtocol):
+                out.session = None
+                out.respond(http11.error(503, "All tuners in use", headers=[busy]), keep_alive=False)
+        session.close("TunerBusy")
+
     def _session_ended(self, session: ChannelSession) -> None:
+        self.tuners.ended(session)
         self.metrics.session_ended(session)
         self.sessions.discard(session)
         if self.by_channel.get(session.channel) is session:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from relay.cluster.leases import SessionLeases
+from relay.cluster.ledger import Ledger, Refusal
 from relay.config import Config
 from relay.core import http11
 from relay.core.failover import (
@@ -69,6 +71,7 @@ class Shared:
     health: HealthMemory
     slots: Slots
     clock: Callable[[], float]
+    ledger: Ledger | None = None  # a cluster's lease store (relay.cluster); None: Slots is the whole truth
 
     def url_for(self, c: Candidate) -> tuple[str, str]:
         acc = self.config.account(c.account)
@@ -126,6 +129,20 @@ class ChannelSession:
         # upstream would start mid-GOP) instead of waiting for the next read
         self._recent: tuple[list[bytes | memoryview], int] | None = None
         self._stalls: dict[int, asyncio.TimerHandle] = {}  # paused outputs: when they get dropped
+        # cluster hook: each Open waits for a lease first (relay.cluster.leases)
+        ledger = shared.ledger
+        self.leases = (
+            SessionLeases(
+                ledger,
+                channel,
+                lambda account: shared.slots.limits.get(account, 1),
+                self._connect,
+                self._lease_refused,
+                lambda attempt: self.on_failed(attempt, Reason.ACCOUNT_FULL, None),
+            )
+            if ledger is not None and ledger.clustered
+            else None
+        )
 
     # ---- outputs ----------------------------------------------------------------------------
 
@@ -239,6 +256,8 @@ class ChannelSession:
         for att in self.attempts.values():
             att.close()
         self.attempts.clear()
+        if self.leases is not None:
+            self.leases.close_all()
         for tx in self._transcoders.values():
             tx.close()
         self._transcoders.clear()
@@ -280,12 +299,13 @@ class ChannelSession:
     def _run(self, actions: list[Action]) -> None:
         for a in actions:
             if isinstance(a, Open):
-                url, ua = self.shared.url_for(a.candidate)
-                tls = self.shared.tls_for(a.candidate)
-                att = UpstreamAttempt(self.loop, a.attempt, url, self, user_agent=ua, ssl_context=tls)
-                self.attempts[a.attempt] = att
-                att.start()
+                if self.leases is not None:
+                    self.leases.open(a.attempt, a.candidate)  # connects once the lease is granted
+                else:
+                    self._connect(a.attempt, a.candidate)
             elif isinstance(a, Close):
+                if self.leases is not None:
+                    self.leases.close(a.attempt)
                 att = self.attempts.pop(a.attempt, None)
                 tx = self._transcoders.pop(a.attempt, None)
                 if tx is not None:
@@ -303,6 +323,16 @@ class ChannelSession:
                 return
         if not self.ended:
             self._arm()
+
+    def _connect(self, attempt: int, candidate: Candidate) -> None:
+        url, ua = self.shared.url_for(candidate)
+        tls = self.shared.tls_for(candidate)
+        att = UpstreamAttempt(self.loop, attempt, url, self, user_agent=ua, ssl_context=tls)
+        self.attempts[attempt] = att
+        att.start()
+
+    def _lease_refused(self, attempt: int, refusal: Refusal) -> None:
+        self.on_failed(attempt, Reason(refusal.reason), None)
 
     def _log(self, a: Log) -> None:
         """Emit an event; a switch's event waits until the backup's entry (its keyframe, whole) went

@@ -37,6 +37,11 @@ CATEGORIES = {
     "session_end": "stream",
     "account_inactive": "provider",
     "account_active": "provider",
+    "tune_refused": "stream",  # the cluster's tuner ledger refused a session (relay/cluster)
+    "ledger_unavailable": "cluster",
+    "ledger_available": "cluster",
+    "lease_lost": "cluster",
+    "sync_skipped": "provider",
 }
 
 
@@ -74,6 +79,16 @@ def message(event: str, f: dict[str, Any]) -> str:
         return f"account {f.get('account')}: {why}; not used until a sync finds it usable again"
     if event == "account_active":
         return f"account {f.get('account')}: usable again (was {f.get('was')})"
+    if event == "tune_refused":
+        return f"{ch}: tune refused ({why}): {f.get('detail')}"
+    if event == "ledger_unavailable":
+        return f"cluster ledger unavailable: {f.get('detail')}"
+    if event == "ledger_available":
+        return f"cluster ledger available again after {f.get('down_ms')} ms ({f.get('was')})"
+    if event == "lease_lost":
+        return f"lease {f.get('lease')} lost: {f.get('detail')}; its connection is closed"
+    if event == "sync_skipped":
+        return f"sync: {f.get('detail')}"
     return f"{ch}: {event}"
 
 
@@ -95,6 +110,9 @@ class EventLog:
         self._file: Any = None
         self.written = 0
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        # fields every record carries, after its own: {"relay_id": ...} in a cluster, else none,
+        # so a single relay's lines stay byte-identical
+        self.stamp: dict[str, Any] = {}
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -113,6 +131,8 @@ class EventLog:
             "event": event,
             **fields,
         }
+        if self.stamp:
+            record.update(self.stamp)
         record["message"] = message(event, record)
         record["event_id"] = uuid.uuid4().hex
         log.log(
