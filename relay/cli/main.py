@@ -14,6 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from relay import config as config_mod
+from relay.cli import cluster as cluster_cli
 from relay.cli import commands
 from relay.config import ConfigError
 
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--fault-every", type=float, default=20.0, help="seconds between injected faults")
     d.set_defaults(func=cmd_demo)
     commands.add_parsers(sub)  # sync, channels, map, unmap, events
+    cluster_cli.add_parser(sub)  # cluster-front
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     return int(args.func(args))
