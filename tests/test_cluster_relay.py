@@ -6,9 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
+from relay.config import parse
+from relay.shell.app import Relay
 from tests.fake_provider import FakeProvider
+from tests.fake_xtream import PASSWORD, FakeXtream, Stream
 from tests.harness import config_for, open_stream, read_events, recorder, running_relay, until
 from tests.servers import RedisServer
 
@@ -99,3 +103,42 @@ async def test_a_single_relays_events_have_no_relay_id(provider: FakeProvider, t
     assert events and all("relay_id" not in e for e in events)
     assert list(events[0])[:4] == ["timestamp", "level", "category", "event"]
     assert list(events[0])[-2:] == ["message", "event_id"]
+
+
+async def test_one_sync_at_a_time_only_the_lock_holder_calls_player_api(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    streams = [Stream(1, "UK: BBC One HD", "bbc1.uk"), Stream(2, "FR: ARTE", "arte.fr", "2")]
+    with FakeXtream(streams=streams) as xt:
+        relays = []
+        for rid in ("r1", "r2", "r3"):
+            folder = tmp_path / rid
+            folder.mkdir()
+            data = {
+                "storage": {"database": str(folder / "relay.db"), "events": str(folder / "events.jsonl")},
+                "server": {"host": "127.0.0.1", "port": 0},
+                "discovery": {"udp": False},
+                "cluster": {"redis_url": redis_server.url, "relay_id": rid},
+                "accounts": [{"name": "p0", "url": xt.url, "username": xt.username, "password": xt.password}],
+            }
+            relays.append(Relay(parse(data, base_dir=folder)))
+        for r in relays:
+            await r.start()
+        try:
+            for r in relays:
+                assert r.store is not None
+                await until(lambda r=r: r.store.stream_count("p0") == 2, 15, f"{r.relay_id} synced")
+            assert xt.count("login") == 1 and xt.count("get_live_streams") == 1  # one sync reached the panel
+            import gzip
+
+            import redis
+
+            r = redis.Redis(host="127.0.0.1", port=redis_server.port)
+            published = orjson.loads(gzip.decompress(r.get("{relay}:sync:p0:user_info")))
+            r.close()
+            assert published["answer"]["user_info"]["auth"] == 1
+            assert PASSWORD not in orjson.dumps(published).decode()  # published without credentials
+            assert "username" not in published["answer"]["user_info"]
+        finally:
+            for r in relays:
+                await r.stop()

@@ -19,6 +19,7 @@ import orjson
 
 from relay.cluster.ledger import Ledger, Refusal
 from relay.cluster.setup import make_ledger, relay_id
+from relay.cluster.sync import start_cluster_sync
 from relay.cluster.tuners import TunerGate
 from relay.config import ChannelConfig, Config, ConfigError
 from relay.core import http11
@@ -136,7 +137,12 @@ class Relay:
         self.discovery = await start_discovery(cfg, device_info(cfg, self.port), loop, log)
         self._reconciler = loop.call_later(RECONCILE_S, self._reconcile_tick)
         self.guide.start()
-        self.sync_task = start_sync(self.cfg, self.store, self.events, on_synced=self._synced)
+        if cfg.cluster.redis_url is not None:  # cluster hook: one sync at a time (relay.cluster.sync)
+            self.sync_task = start_cluster_sync(
+                cfg, self.store.path, self.events, self.relay_id, self._synced
+            )
+        else:
+            self.sync_task = start_sync(self.cfg, self.store, self.events, on_synced=self._synced)
 
     async def stop(self) -> None:
         """Stop accepting, end every stream cleanly, flush every event to both sinks."""

@@ -41,7 +41,6 @@ CATEGORIES = {
     "ledger_unavailable": "cluster",
     "ledger_available": "cluster",
     "lease_lost": "cluster",
-    "sync_skipped": "provider",
 }
 
 
@@ -87,8 +86,6 @@ def message(event: str, f: dict[str, Any]) -> str:
         return f"cluster ledger available again after {f.get('down_ms')} ms ({f.get('was')})"
     if event == "lease_lost":
         return f"lease {f.get('lease')} lost: {f.get('detail')}; its connection is closed"
-    if event == "sync_skipped":
-        return f"sync: {f.get('detail')}"
     return f"{ch}: {event}"
 
 
