@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # ffmpeg makes the test/demo media and is the real client in tests; hdhomerun_config is SiliconDust's client;
-# redis-server and haproxy are the cluster tests' ledger and front (started by the tests on their own ports).
+# redis-server, haproxy and nginx are the cluster tests' ledger and fronts (started by the tests on their own ports).
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
@@ -23,6 +23,7 @@ system-deps:
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	$(PY) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

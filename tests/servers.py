@@ -48,6 +48,17 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: flo
     raise AssertionError(f"{what} did not listen on {port} within {timeout} s")
 
 
+def _terminate(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM this one process (by its pid), wait; SIGKILL if it does not go."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class RedisServer:
     """redis-server on its own port and dir, no persistence: a restart forgets every key."""
 
@@ -74,13 +85,7 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        _terminate(self.proc)
         self.proc = None
 
     def cli(self, *args: str) -> str:
@@ -126,11 +131,37 @@ class HAProxy:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        _terminate(self.proc)
+        self.proc = None
+
+
+class Nginx:
+    """nginx in the foreground with its own prefix: `http_body` goes inside http {}; stopped by pid."""
+
+    def __init__(self, folder: Path, http_body: str) -> None:
+        self.binary = require("nginx")
+        self.folder = folder
+        (folder / "tmp").mkdir(parents=True, exist_ok=True)
+        self.config = folder / "nginx.conf"
+        t = folder / "tmp"
+        self.config.write_text(
+            f"worker_processes 1;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log;\ndaemon off;\n"
+            "events { worker_connections 256; }\n"
+            f"http {{\n access_log off;\n client_body_temp_path {t};\n proxy_temp_path {t};\n"
+            f" fastcgi_temp_path {t};\n uwsgi_temp_path {t};\n scgi_temp_path {t};\n{http_body}\n}}\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, port: int) -> Nginx:
+        args = [self.binary, "-p", str(self.folder), "-c", str(self.config)]
+        check = subprocess.run([*args, "-t"], capture_output=True, text=True)
+        assert check.returncode == 0, f"nginx -t: {check.stderr}"
+        log = open(self.folder / "nginx.out", "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log)
+        log.close()
+        _wait_port(port, self.proc, "nginx")
+        return self
+
+    def stop(self) -> None:
+        _terminate(self.proc)
         self.proc = None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.cluster import routing
 from relay.cluster.ledger import ACCOUNT, Lease, LocalLedger
 from relay.cluster.setup import make_ledger, relay_id
 from relay.config import ConfigError, FailoverConfig, parse
@@ -70,3 +71,54 @@ def test_a_stream_that_failed_is_still_cooled_down() -> None:
 def test_the_default_relay_id_does_not_need_a_config_folder(tmp_path: Path) -> None:
     cfg = parse({"cluster": {"redis_url": "redis://127.0.0.1:1/0"}}, base_dir=tmp_path)
     assert relay_id(cfg, 1).endswith(":1")
+
+
+def test_both_urls_of_a_channel_give_the_same_key_and_ids_are_quoted() -> None:
+    cfg = parse(
+        {
+            "channels": [
+                {"id": "bbcone.uk", "name": "BBC", "number": "101"},
+                {"id": "c+h", "name": "X", "number": "5.1"},
+            ]
+        }
+    )
+    m = dict(routing.channel_map(cfg.channels))
+    assert m["/auto/v101"] == m["/stream/bbcone.uk"] == "bbcone.uk"
+    assert m["/auto/v5.1"] == m["/stream/c%2Bh"] == m["/stream/c+h"] == "c%2Bh"
+    assert all(" " not in k and " " not in v for k, v in m.items())  # HAProxy map lines: "key value"
+
+
+def test_backend_specs_parse_or_fail_clearly() -> None:
+    assert routing.Backend.parse("10.0.0.11:5004", 0) == routing.Backend("r1", "10.0.0.11", 5004)
+    assert routing.Backend.parse("edge=[::1]:5005", 1).address == "[::1]:5005"
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        routing.Backend.parse("10.0.0.11", 0)
+
+
+def test_the_documented_front_configs_are_what_the_generator_writes() -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs" / "cluster"
+    cfg = parse(
+        {
+            "accounts": [{"name": "a", "url": "http://p", "username": "u", "password": "p"}],
+            "channels": [
+                {
+                    "id": "bbcone.uk",
+                    "name": "BBC One",
+                    "number": "101",
+                    "streams": [{"account": "a", "stream_id": 1}],
+                },
+                {"id": "arte.fr", "name": "ARTE", "number": "102"},
+            ],
+        }
+    )
+    b = [routing.Backend("edge-1", "10.0.0.11", 5004), routing.Backend("edge-2", "10.0.0.12", 5004)]
+    assert (docs / "haproxy.cfg").read_text() == routing.haproxy_config(
+        b, "*:5004", "/etc/haproxy/channels.map"
+    )
+    assert (docs / "channels.map").read_text() == routing.haproxy_map(cfg.channels)
+    nginx = routing.nginx_config(b, "5004", "/etc/nginx/relay/channels.nginx.map")
+    assert (docs / "relay-front.nginx.conf").read_text() == nginx
+    assert (docs / "channels.nginx.map").read_text() == routing.nginx_map(cfg.channels)
+    text = routing.haproxy_config(b, "*:5004", "/m")
+    assert "balance hdr(X-Relay-Channel)" in text and "hash-type consistent" in text
+    assert "option httpchk GET /health" in text
