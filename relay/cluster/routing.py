@@ -83,6 +83,7 @@ defaults
     timeout queue 5s
     retries 2
     option redispatch 1                 # a tune that met a dead relay goes to the next one
+    option http-no-delay                # no Nagle wait between a response's head and its first bytes
 
 frontend tuner
     bind {bind}

@@ -122,3 +122,4 @@ def test_the_documented_front_configs_are_what_the_generator_writes() -> None:
     text = routing.haproxy_config(b, "*:5004", "/m")
     assert "balance hdr(X-Relay-Channel)" in text and "hash-type consistent" in text
     assert "option httpchk GET /health" in text
+    assert "option http-no-delay" in text  # else each zap waits for a delayed ACK (bench/README.md)
