@@ -142,3 +142,19 @@ async def test_one_sync_at_a_time_only_the_lock_holder_calls_player_api(
         finally:
             for r in relays:
                 await r.stop()
+
+
+async def test_reconcile_releases_a_lease_nothing_holds(
+    provider: FakeProvider, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    cfg = clustered(tmp_path / "r1", provider, redis_server.url, "r1")
+    async with running_relay(cfg, tmp_path / "r1") as relay:
+        v = await open_stream(relay.port, "/stream/ch1")
+        await v.wait_bytes(188 * 20)
+        session = relay.by_channel["ch1"]
+        assert session.leases is not None and len(session.leases.held) == 1
+        session.leases.held.clear()  # a bug somewhere forgot it: nothing would ever release it
+        relay.reconcile_slots()
+        await until(lambda: redis_server.zcard("{relay}:account:a") == 0, 3, "the leaked lease released")
+        assert redis_server.zcard("{relay}:tuner:tuners") == 1  # the session's tuner lease is in use
+        await v.close()

@@ -75,6 +75,11 @@ class Ledger:
         """Leases this relay holds now, per key (for /status and tests)."""
         return {}
 
+    def reconcile(self, live: set[str]) -> int:
+        """Release every lease whose connection or session is gone (`live`: the members in use);
+        returns how many leaked. Runs with the relay's Slots reconcile."""
+        return 0
+
 
 class LocalLedger(Ledger):
     """One relay: `Slots` already enforces every limit; a lease is granted at once and costs nothing."""

@@ -250,6 +250,13 @@ class RedisLedger(Ledger):
             return
         self._up()
 
+    def reconcile(self, live: set[str]) -> int:
+        leaked = [lease for member, (lease, _, _) in self._leases.items() if member not in live]
+        for lease in leaked:
+            log.warning("ledger: lease %s had no connection or session left; released", lease.member)
+            self.release(lease)
+        return len(leaked)
+
     # ---- renewal ----------------------------------------------------------------------------
 
     async def _renew_forever(self) -> None:

@@ -61,6 +61,9 @@ class TunerGate:
         self._held[session] = got
         session.start()
 
+    def members(self) -> set[str]:
+        return {lease.member for lease in self._held.values()}
+
     def ended(self, session: ChannelSession) -> None:
         lease = self._held.pop(session, None)
         ledger = self._ledger()

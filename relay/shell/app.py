@@ -198,6 +198,12 @@ class Relay:
         drift = self.shared.slots.reconcile(open_now, active_cons)
         if drift:
             log.warning("slots: ledger was off by %s; set to the connections open now", drift)
+        if self.ledger is not None and self.ledger.clustered:  # cluster hook: leases without an owner
+            live = self.tuners.members()
+            for s in self.sessions:
+                if s.leases is not None:
+                    live |= {lease.member for lease in s.leases.held.values()}
+            self.ledger.reconcile(live)
 
     def _reconcile_tick(self) -> None:
         self.reconcile_slots()
