@@ -190,6 +190,8 @@ class ClusterConfig(_Model):
     lease_ttl_s: float = Field(10.0, ge=1, le=15)  # a dead relay's leases expire this long after it died
     redis_timeout_s: float = Field(0.25, gt=0, le=2)  # each Redis call; keep it under connect_timeout_s
     sync_lock_s: float = Field(120.0, gt=0)  # TTL of the one-sync-at-a-time lock, renewed while it runs
+    # the front's addresses: from these, X-Forwarded-For names the viewer (zap reclaim, client events)
+    trusted_fronts: tuple[str, ...] = ()
 
     @field_validator("redis_url")
     @classmethod

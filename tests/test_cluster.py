@@ -37,8 +37,8 @@ class Cluster:
     relays: dict[str, tuple[asyncio.subprocess.Process, int]]
     folder: Path
 
-    async def tune(self, number: str) -> StreamClient:
-        return await open_stream(self.front_port, f"/auto/v{number}")
+    async def tune(self, number: str, source: str | None = None) -> StreamClient:
+        return await open_stream(self.front_port, f"/auto/v{number}", source=source)
 
     def holders(self, what: str = "account:a") -> list[str]:
         """Live lease members in Redis ("relay|channel/stream|fence")."""
@@ -74,7 +74,12 @@ def relay_config(
         "discovery": {"udp": False},
         "sync": {"on_start": False},
         "tuner": {"device_id": dev, "tuner_count": 8, "base_url": front},
-        "cluster": {"redis_url": redis_url, "relay_id": rid, "lease_ttl_s": TTL},
+        "cluster": {
+            "redis_url": redis_url,
+            "relay_id": rid,
+            "lease_ttl_s": TTL,
+            "trusted_fronts": ["127.0.0.1"],
+        },
         "accounts": [
             {
                 "name": "a",
@@ -174,9 +179,9 @@ async def test_zap_storm_of_50_tunes_from_6_clients_never_exceeds_the_account(cl
             peak_leases = max(peak_leases, len(cluster.holders()))
             await asyncio.sleep(0.05)
 
-    async def viewer(numbers: list[str]) -> None:
+    async def viewer(numbers: list[str], source: str) -> None:
         for n in numbers:
-            c = await cluster.tune(n)
+            c = await cluster.tune(n, source)  # six clients: six addresses, forwarded by the front
             if c.status == 200:
                 await c.wait_bytes(TS * 100, timeout=8)  # it gets its stream, whole packets from the start
                 assert c.body[0] == 0x47 and c.body[TS] == 0x47 and c.body[TS * 99] == 0x47
@@ -188,7 +193,9 @@ async def test_zap_storm_of_50_tunes_from_6_clients_never_exceeds_the_account(cl
 
     watcher = asyncio.create_task(watch())
     try:
-        await asyncio.wait_for(asyncio.gather(*(viewer(p) for p in plan)), 60)
+        await asyncio.wait_for(
+            asyncio.gather(*(viewer(p, f"127.0.0.{i + 2}") for i, p in enumerate(plan))), 60
+        )
     finally:
         watcher.cancel()
     ok = [g for g in got if g[1] == 200]

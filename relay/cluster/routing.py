@@ -84,6 +84,7 @@ defaults
     retries 2
     option redispatch 1                 # a tune that met a dead relay goes to the next one
     option http-no-delay                # no Nagle wait between a response's head and its first bytes
+    option forwardfor                   # the viewer's address (cluster.trusted_fronts believes it)
 
 frontend tuner
     bind {bind}
@@ -133,6 +134,7 @@ server {{
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $http_host;    # the relay builds URLs from Host (or tuner.base_url)
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;  # see cluster.trusted_fronts
         proxy_read_timeout 1h;
         proxy_connect_timeout 2s;
         proxy_next_upstream error timeout;   # only before the response has started

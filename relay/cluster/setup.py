@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from relay.cluster.ledger import Ledger, LocalLedger
 from relay.config import Config
 from relay.core.failover import Slots
+
+
+def forwarded_client(cfg: Config, peer: str, headers: Mapping[str, str]) -> str:
+    """The viewer behind a trusted front: the last X-Forwarded-For entry the front appended.
+
+    Behind HAProxy every connection comes from the front's address, so the relay's same-client
+    rule (a zap on a full account reclaims the slot of that client's other channel) would treat all
+    viewers as one. Only an address in `cluster.trusted_fronts` is believed; anything unparsable
+    leaves the socket's peer.
+    """
+    if peer not in cfg.cluster.trusted_fronts:
+        return peer
+    xff = headers.get("x-forwarded-for", "")
+    last = xff.rsplit(",", 1)[-1].strip()
+    try:
+        return str(ipaddress.ip_address(last))
+    except ValueError:
+        return peer
 
 
 def relay_id(cfg: Config, port: int) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from relay.cluster.ledger import Ledger, Refusal
-from relay.cluster.setup import make_ledger, relay_id
+from relay.cluster.setup import forwarded_client, make_ledger, relay_id
 from relay.cluster.sync import start_cluster_sync
 from relay.cluster.tuners import TunerGate
 from relay.config import ChannelConfig, Config, ConfigError
@@ -352,6 +352,7 @@ class Relay:
         if req.head_only:
             proto.respond(http11.stream_head("video/mp2t", chunked=proto.chunked), keep_alive=False)
             return
+        proto.peer = forwarded_client(self.cfg, proto.peer, req.headers)  # cluster hook: the viewer
         session = self.by_channel.get(ch.id)
         if session is None or session.ended:
             session = self._new_session(ch.id, proto.peer)

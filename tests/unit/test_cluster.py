@@ -123,3 +123,14 @@ def test_the_documented_front_configs_are_what_the_generator_writes() -> None:
     assert "balance hdr(X-Relay-Channel)" in text and "hash-type consistent" in text
     assert "option httpchk GET /health" in text
     assert "option http-no-delay" in text  # else each zap waits for a delayed ACK (bench/README.md)
+
+
+def test_only_a_trusted_front_names_the_viewer() -> None:
+    from relay.cluster.setup import forwarded_client
+
+    cfg = parse({"cluster": {"trusted_fronts": ["10.0.0.5"]}})
+    xff = {"x-forwarded-for": "203.0.113.9, 192.168.1.20"}
+    assert forwarded_client(cfg, "10.0.0.5", xff) == "192.168.1.20"  # what the front itself appended
+    assert forwarded_client(cfg, "10.0.0.6", xff) == "10.0.0.6"  # anyone else: its own address
+    assert forwarded_client(cfg, "10.0.0.5", {"x-forwarded-for": "bogus"}) == "10.0.0.5"
+    assert forwarded_client(cfg, "10.0.0.5", {}) == "10.0.0.5"
