@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 # systemd-analyze checks deploy/relay.service; chromium + chromium-driver: the web page's tests run in a
 # real (headless) browser, through selenium; xmllint (libxml2-utils) and tv_validate_file + xmltv.dtd
 # (xmltv-util) check the guide; ip (iproute2) brings up the loopback of the network namespace the TCP
-# 65001 tests run in.
+# 65001 tests run in; redis-server, haproxy and nginx are the cluster tests' ledger and fronts (started
+# by the tests on their own ports).
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
@@ -31,6 +32,9 @@ system-deps:
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	$(PY) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

@@ -319,6 +319,39 @@ class MetricsConfig(_Model):
 # ---- end of issue 19's additions ------------------------------------------------------------------------
 
 
+# ---- cluster: several relays as one tuner (docs/scaling.md, relay/cluster/) -------------------
+
+
+class ClusterConfig(_Model):
+    """`cluster:` absent (no redis_url): one relay, every limit counted in-process, events unchanged."""
+
+    redis_url: str | None = None  # redis://[:password@]host:port/db: where the relays share their leases
+    relay_id: str | None = None  # this relay's name in leases and events; default "<hostname>:<port>"
+    namespace: str = Field("relay", min_length=1)  # key prefix, so several clusters can share one Redis
+    lease_ttl_s: float = Field(10.0, ge=1, le=15)  # a dead relay's leases expire this long after it died
+    redis_timeout_s: float = Field(0.25, gt=0, le=2)  # each Redis call; keep it under connect_timeout_s
+    sync_lock_s: float = Field(120.0, gt=0)  # TTL of the one-sync-at-a-time lock, renewed while it runs
+    # the front's addresses: from these, X-Forwarded-For names the viewer (zap reclaim, client events)
+    trusted_fronts: tuple[str, ...] = ()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(rediss?://[^/\s]+|unix://\S+)", v):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return v
+
+    @field_validator("relay_id")
+    @classmethod
+    def _relay_id(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9._:@+-]{1,64}", v):
+            raise ValueError("1-64 letters, digits and . _ : @ + - (it is part of lease names)")
+        return v
+
+
+# ---- cluster end ----------------------------------------------------------------------------
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -329,6 +362,7 @@ class Config(_Model):
     sync: SyncConfig = SyncConfig()
     channels_from_guide: ChannelsFromGuideConfig = ChannelsFromGuideConfig()
     limits: LimitsConfig = LimitsConfig()
+    cluster: ClusterConfig = ClusterConfig()
     notify: tuple[NotifyTarget, ...] = ()  # webhooks: every warn/error event is POSTed as JSON
     ui: UiConfig = UiConfig()  # issue 19
     metrics: MetricsConfig = MetricsConfig()  # issue 19

@@ -258,7 +258,10 @@ class FakeProvider:
     Routes: ``/live/{user}/{pass}/{id}.ts`` (query string ignored; the short ``/{user}/{pass}/{id}`` too),
     ``/lb/{token}/{id}.ts`` (redirect hops). Wrong credentials give 401, unknown paths 404. Every
     response carries ``Connection: close``. Streams without an explicit behaviour get ``default``.
-    With ``max_connections`` set, a new stream on the line evicts the oldest one (XC's real policy).
+    With ``max_connections`` set, a new stream on the line evicts the oldest one (XC's real policy), or
+    with ``on_limit="refuse"`` is itself refused (``403``, as some panels do). ``peak_streaming`` is the
+    most streams the line ever had at once, counted as each new one starts (before any eviction), and
+    ``evictions`` how many were killed for it: a client that respects the limit keeps both in bounds.
     """
 
     def __init__(
@@ -271,6 +274,7 @@ class FakeProvider:
         duration: float | None = None,
         default: Behaviour = OK,
         max_connections: int | None = None,
+        on_limit: Literal["evict", "refuse"] = "evict",
         tick: float = 0.02,
     ) -> None:
         self.ts_path = Path(ts_path)
@@ -279,6 +283,9 @@ class FakeProvider:
         self.rate_factor = rate_factor
         self.default: Behaviour = default
         self.max_connections = max_connections
+        self.on_limit = on_limit
+        self.peak_streaming = 0
+        self.over_limit_refused = 0
         self.tick = tick
         self.connections: Counter[int] = Counter()  # requests per stream id, incl. 401s and /lb/ hops
         self.requests: list[tuple[str, Headers]] = []  # (request target, headers) of every request
@@ -370,6 +377,10 @@ class FakeProvider:
     def active(self, stream_id: int) -> int:
         """Open connections for ``stream_id`` (streaming, stalled or blackholed)."""
         return len(self.live(stream_id))
+
+    @property
+    def evictions(self) -> int:
+        return sum(c.killed == "evict" for c in self.conns)
 
     def active_total(self) -> int:
         return len(self._live)
@@ -578,19 +589,28 @@ class FakeProvider:
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         await writer.drain()
 
-    def _evict_for(self, conn: Conn) -> None:
-        """XC closes the line's oldest stream(s) when a new one would exceed max_connections."""
-        if self.max_connections is None:
-            return
+    def _evict_for(self, conn: Conn) -> bool:
+        """XC closes the line's oldest stream(s) when a new one would exceed max_connections; with
+        on_limit="refuse" the new one is refused instead (False)."""
         streaming = sorted(
             (c for c in self._live if c is not conn and c.killed is None and isinstance(c.behaviour, Ok)),
             key=lambda c: c.opened_at,
         )
+        self.peak_streaming = max(self.peak_streaming, len(streaming) + 1)
+        if self.max_connections is None:
+            return True
+        if self.on_limit == "refuse" and len(streaming) >= self.max_connections:
+            self.over_limit_refused += 1
+            return False
         while streaming and len(streaming) >= self.max_connections:
             self._kill(streaming.pop(0), "evict")
+        return True
 
     async def _stream(self, conn: Conn, writer: asyncio.StreamWriter, ok: Ok) -> None:
-        self._evict_for(conn)
+        if not self._evict_for(conn):
+            conn.behaviour = Status(403)
+            await self._respond(conn, writer, Status(403, b"max connections reached\n"))
+            return
         lines = ["HTTP/1.1 200 OK", "Server: nginx", f"Content-Type: {ok.content_type}", "Connection: close"]
         if ok.chunked:
             lines.append("Transfer-Encoding: chunked")

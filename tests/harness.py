@@ -173,8 +173,12 @@ class StreamClient:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
-async def open_stream(port: int, path: str, *, method: str = "GET", version: str = "1.1") -> StreamClient:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def open_stream(
+    port: int, path: str, *, method: str = "GET", version: str = "1.1", source: str | None = None
+) -> StreamClient:
+    """`source`: the local address to connect from (any 127.x.y.z), so tests can be several clients."""
+    local = (source, 0) if source else None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
     writer.write(
         f"{method} {path} HTTP/{version}\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: test\r\n\r\n".encode()
     )

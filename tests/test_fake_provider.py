@@ -422,6 +422,19 @@ async def test_max_connections_evicts_oldest(ts_file: Path) -> None:
             assert second.status == 200
             await read_until_eof(first.reader)
             assert p.conns_for(1)[0].killed == "evict" and p.active(2) == 1
+            assert p.peak_streaming == 2 and p.evictions == 1  # what an over-limit client is caught by
+
+
+async def test_max_connections_can_refuse_the_newest_instead(ts_file: Path) -> None:
+    async with (
+        FakeProvider(ts_file, max_connections=1, on_limit="refuse") as p,
+        get(live_path(p, 1), p.port) as first,
+    ):
+        await first.reader.readexactly(TS)
+        async with get(live_path(p, 2), p.port) as second:
+            assert second.status == 403
+        await first.reader.readexactly(TS)  # the first one keeps streaming
+        assert p.evictions == 0 and p.over_limit_refused == 1 and p.active(1) == 1
 
 
 async def test_close_leaves_nothing_behind(ts_file: Path) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from relay import __version__
 from relay import config as config_mod
+from relay.cli import cluster as cluster_cli
 from relay.cli import commands, health, init, ui_hash
 from relay.config import ConfigError
 
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     init.add_parser(sub)
     health.add_parser(sub)
     ui_hash.add_parser(sub)  # issue 19: the web page's password hash
+    cluster_cli.add_parser(sub)  # cluster-front
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:

@@ -277,18 +277,75 @@ class HlsError(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class TuneRefused(Event):
-    """A client tuned a failing channel too often: 429 with Retry-After, no provider was asked."""
+    """A tune answered without a session: a client tuning a failing channel too often (429, with
+    `peer` and `retry_after_s`), or a cluster with no tuner free (805, with `detail`)."""
 
     kind = "tune_refused"
     level = "info"
     category = "stream"
     channel: str
-    peer: str
+    peer: str | None = _optional()
     reason: str
-    retry_after_s: int
+    retry_after_s: int | None = _optional()
+    detail: str | None = _optional()
 
     def message(self) -> str:
-        return f"{self.channel}: refused a tune from {self.peer}: the channel is failing ({self.reason})"
+        if self.peer is not None:
+            return f"{self.channel}: refused a tune from {self.peer}: the channel is failing ({self.reason})"
+        return f"{self.channel}: tune refused ({self.reason}): {self.detail}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterTuneRefused(TuneRefused):
+    """The cluster's tuner ledger refused a session: a warning, not a client's retry storm."""
+
+    level = "warn"
+
+
+# ---- the cluster's events (relay/cluster) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerUnavailable(Event):
+    """The cluster's Redis ledger cannot be asked: open streams go on, new tunes on limited accounts
+    are refused (never a limit exceeded silently)."""
+
+    kind = "ledger_unavailable"
+    level = "error"
+    category = "cluster"
+    reason: str
+    detail: str
+
+    def message(self) -> str:
+        return f"cluster ledger unavailable: {self.detail}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerAvailable(Event):
+    kind = "ledger_available"
+    level = "info"
+    category = "cluster"
+    was: str | None
+    down_ms: float
+
+    def message(self) -> str:
+        return f"cluster ledger available again after {self.down_ms} ms ({self.was})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeaseLost(Event):
+    """A provider-connection lease expired while this relay could not renew it and its slot was
+    taken meanwhile: the connection is closed rather than exceed the account's limit."""
+
+    kind = "lease_lost"
+    level = "warn"
+    category = "cluster"
+    reason: str
+    lease: str
+    detail: str
+
+    def message(self) -> str:
+        return f"lease {self.lease} lost: {self.detail}; its connection is closed"
 
 
 # ---- the sync's events ----------------------------------------------------------------------------

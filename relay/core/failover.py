@@ -61,6 +61,11 @@ class Reason(enum.StrEnum):
     STREAM_ERROR = "StreamError"
     NO_VIDEO = "NoVideo"
     ACCOUNT_FULL = "AccountFull"
+    LEDGER_UNAVAILABLE = "LedgerUnavailable"  # a cluster's lease store could not be asked: not tried
+
+
+# Reasons that say nothing about the stream itself: no cooldown for it
+NOT_THE_STREAM = frozenset({Reason.ACCOUNT_FULL, Reason.LEDGER_UNAVAILABLE})
 
 
 @dataclass(frozen=True)
@@ -402,7 +407,7 @@ class FailoverMachine:
         if a is None:
             return []
         out: list[Action] = []
-        self._drop(a, now, out, failed=True)
+        self._drop(a, now, out, failed=reason not in NOT_THE_STREAM)
         if self.current is a:
             self.current = None
             self._begin_failover(a.candidate, reason, http_status, now, out)

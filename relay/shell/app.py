@@ -22,6 +22,10 @@ from typing import Any
 
 import orjson
 
+from relay.cluster.ledger import Ledger, Refusal
+from relay.cluster.setup import forwarded_client, make_ledger, relay_id
+from relay.cluster.sync import start_cluster_sync
+from relay.cluster.tuners import TunerGate
 from relay.config import ChannelConfig, Config, ConfigError
 from relay.core import events, http11
 from relay.core.admission import TuneLimiter
@@ -87,6 +91,10 @@ class Relay:
         self.discovery: list[Any] = []
         self._reconciler: asyncio.TimerHandle | None = None
         self.sync_task: asyncio.Task[None] | None = None  # relay.sources.sync: accounts and guide channels
+        # cluster (relay.cluster): the lease ledger, this relay's name, tuner_count across the cluster
+        self.ledger: Ledger | None = None
+        self.relay_id = ""
+        self.tuners = TunerGate(lambda: self.ledger, cfg.tuner.tuner_count, self._tuner_refused)
         self.metrics = Metrics(
             lambda now: [s.status(now) for s in self.sessions],
             lambda: self.shared.slots if self.shared else None,
@@ -192,11 +200,22 @@ class Relay:
         self.port = sock[1]
         self.started_at = loop.time()
         log.info("listening on http://%s:%d", _host_for_url(cfg.server.host), self.port)
+        if cfg.cluster.redis_url is not None:  # cluster hook: relay_id on every event, leases in Redis
+            self.relay_id = relay_id(cfg, self.port)
+            self.events.stamp = {"relay_id": self.relay_id}
+        self.ledger = make_ledger(cfg, self.shared.slots, self.relay_id, self.events.emit)
+        await self.ledger.start()
+        self.shared.ledger = self.ledger
         device = device_info(cfg, self.port)
         self.discovery = await start_discovery(cfg, device, loop, log, view=self.live_view)
         self._reconciler = loop.call_later(RECONCILE_S, self._reconcile_tick)
         self.guide.start()
-        self.sync_task = start_sync(self.cfg, self.store, self.events, on_synced=self._synced)
+        if cfg.cluster.redis_url is not None:  # cluster hook: one sync at a time (relay.cluster.sync)
+            self.sync_task = start_cluster_sync(
+                cfg, self.store.path, self.events, self.relay_id, self._synced
+            )
+        else:
+            self.sync_task = start_sync(self.cfg, self.store, self.events, on_synced=self._synced)
 
     def reopen(self) -> None:
         """SIGHUP: reopen the JSON-lines event file (an outside logrotate moved it)."""
@@ -219,6 +238,8 @@ class Relay:
             s.close("Shutdown")
         for c in [*self.connections, *self.health_conns]:
             c.close()
+        if self.ledger is not None:
+            await self.ledger.close()  # gives back every lease still held
         if self.server is not None:
             await self.server.wait_closed()
             self.server = None
@@ -269,6 +290,12 @@ class Relay:
         drift = self.shared.slots.reconcile(open_now, active_cons)
         if drift:
             log.warning("slots: ledger was off by %s; set to the connections open now", drift)
+        if self.ledger is not None and self.ledger.clustered:  # cluster hook: leases without an owner
+            live = self.tuners.members()
+            for s in self.sessions:
+                if s.leases is not None:
+                    live |= {lease.member for lease in s.leases.held.values()}
+            self.ledger.reconcile(live)
 
     def _reconcile_tick(self) -> None:
         self.reconcile_slots()
@@ -339,10 +366,21 @@ class Relay:
             "uptime_s": round(loop.time() - self.started_at, 1),
             "sessions": len(self.sessions),
             "channels": len(self.channels),
+            **self._cluster_health(),
         }
         if problems:
             body["problems"] = problems
         self.json(proto, req, body)
+
+    def _cluster_health(self) -> dict[str, Any]:
+        """In a cluster: this relay's name, whether its ledger answers, the leases it holds."""
+        ledger = self.ledger
+        if ledger is None or not ledger.clustered:
+            return {}
+        return {
+            "relay_id": self.relay_id,
+            "ledger": {"available": getattr(ledger, "available", None), "held": ledger.held()},
+        }
 
     def _metrics(self, proto: HttpProtocol, req: Request) -> None:
         self._send(proto, req, self.metrics.exposition(), METRICS_CONTENT_TYPE)
@@ -445,6 +483,7 @@ class Relay:
         if req.head_only:
             proto.respond(http11.stream_head("video/mp2t", chunked=proto.chunked), keep_alive=False)
             return
+        proto.peer = forwarded_client(self.cfg, proto.peer, req.headers)  # cluster hook: the viewer
         session = self.by_channel.get(ch.id)
         if session is None or session.ended:
             wait = self.tunes.admit(ch.id, proto.peer, asyncio.get_running_loop().time())
@@ -460,7 +499,7 @@ class Relay:
         proto.session = session
         session.add_output(proto)
         if session.status(session.shared.clock()).state is State.IDLE:
-            session.start()
+            self.tuners.start(session)  # in a cluster: after a tuner lease (relay.cluster.tuners)
 
     def _refuse_tune(self, proto: HttpProtocol, channel: str, wait: float) -> None:
         """A client that keeps tuning failing channels: 429, without a session or a provider request."""
@@ -508,11 +547,26 @@ class Relay:
                 victim.close("Reclaimed")
                 return
 
+    def _tuner_refused(self, session: ChannelSession, refusal: Refusal) -> None:
+        """The cluster has no tuner free (or cannot be asked): 805 to every viewer of the session."""
+        assert self.events is not None
+        self.events.emit(
+            events.ClusterTuneRefused(channel=session.channel, reason=refusal.reason, detail=refusal.detail)
+        )
+        busy = hdhomerun.TunerError.ALL_TUNERS_IN_USE.header()
+        for out in list(session.outputs):
+            session.remove_output(out, "TunerBusy")
+            if isinstance(out, HttpProtocol):
+                out.session = None
+                out.respond(http11.error(503, "All tuners in use", headers=[busy]), keep_alive=False)
+        session.close("TunerBusy")
+
     def _session_ended(self, session: ChannelSession) -> None:
         if session.exhausted:  # every stream failed: tunes of it are limited for a while
             self.tunes.failed(session.channel, asyncio.get_running_loop().time())
         elif session.started:
             self.tunes.recovered(session.channel)
+        self.tuners.ended(session)
         self.metrics.session_ended(session.status(session.shared.clock()))
         self.sessions.discard(session)
         if self.by_channel.get(session.channel) is session:

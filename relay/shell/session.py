@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.cluster.leases import SessionLeases
+from relay.cluster.ledger import Ledger, Refusal
 from relay.config import Config
 from relay.core import events
 from relay.core.failover import (
@@ -61,6 +63,7 @@ class Shared:
     slots: Slots
     clock: Callable[[], float]
     directory: streams.Directory = field(default_factory=streams.Directory)  # URL streams, panel formats
+    ledger: Ledger | None = None  # a cluster's lease store (relay.cluster); None: Slots is the whole truth
 
     def url_for(self, c: Candidate) -> streams.Target:
         """The kind (ts, hls, auto) and URL the candidate plays: relay/sources/streams.py decides."""
@@ -124,6 +127,20 @@ class ChannelSession:
         self.flow = self.outputs.flow
         self._keepalive: asyncio.TimerHandle | None = None
         self._last_out = 0.0
+        # cluster hook: each Open waits for a lease first (relay.cluster.leases)
+        ledger = shared.ledger
+        self.leases = (
+            SessionLeases(
+                ledger,
+                channel,
+                lambda account: shared.slots.limits.get(account, 1),
+                self._connect,
+                self._lease_refused,
+                lambda attempt: self.on_failed(attempt, Reason.ACCOUNT_FULL, None),
+            )
+            if ledger is not None and ledger.clustered
+            else None
+        )
 
     def status(self, now: float) -> SessionStatus:
         """The session as /status, the metrics and the relay read it (`now` on the session's clock)."""
@@ -223,6 +240,8 @@ class ChannelSession:
         for att in self.attempts.values():
             att.close()
         self.attempts.clear()
+        if self.leases is not None:
+            self.leases.close_all()
         self.transcoders.close_all()
         self.current = None
         self._on_end(self)
@@ -280,10 +299,13 @@ class ChannelSession:
     def _run(self, actions: list[Action]) -> None:
         for a in actions:
             if isinstance(a, Open):
-                att = self._attempt(a)
-                self.attempts[a.attempt] = att
-                att.start()
+                if self.leases is not None:
+                    self.leases.open(a.attempt, a.candidate)  # connects once the lease is granted
+                else:
+                    self._connect(a.attempt, a.candidate)
             elif isinstance(a, Close):
+                if self.leases is not None:
+                    self.leases.close(a.attempt)
                 att = self.attempts.pop(a.attempt, None)
                 self.transcoders.close(a.attempt)
                 if att is not None:
@@ -300,18 +322,24 @@ class ChannelSession:
         if not self.ended:
             self._arm()
 
-    def _attempt(self, a: Open) -> UpstreamAttempt | HlsUpstreamAttempt:
+    def _connect(self, attempt: int, candidate: Candidate) -> None:
+        att = self._attempt(attempt, candidate)
+        self.attempts[attempt] = att
+        att.start()
+
+    def _lease_refused(self, attempt: int, refusal: Refusal) -> None:
+        self.on_failed(attempt, Reason(refusal.reason), None)
+
+    def _attempt(self, attempt: int, candidate: Candidate) -> UpstreamAttempt | HlsUpstreamAttempt:
         """The one place a stream's kind picks its attempt: Xtream TS, else the HLS (or probing) one."""
-        t = self.shared.url_for(a.candidate)
-        tls = self.shared.tls_for(a.candidate)
+        t = self.shared.url_for(candidate)
+        tls = self.shared.tls_for(candidate)
         if t.kind == "ts":
-            return UpstreamAttempt(
-                self.loop, a.attempt, t.url, self, user_agent=t.user_agent, ssl_context=tls
-            )
+            return UpstreamAttempt(self.loop, attempt, t.url, self, user_agent=t.user_agent, ssl_context=tls)
         fo = self.shared.config.failover
         return HlsUpstreamAttempt(
             self.loop,
-            a.attempt,
+            attempt,
             t.url,
             self,
             user_agent=t.user_agent,

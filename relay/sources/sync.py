@@ -58,6 +58,7 @@ from relay.storage.store import Store
 log = logging.getLogger("relay.sources.sync")
 
 Progress = Callable[[str, int], None]  # (what, how many so far): a CLI shows it on a TTY
+ClientFor = Callable[[AccountConfig, Path], XtreamClient]  # a cluster shares player_api (relay.cluster.sync)
 PROGRESS_EVERY = 1000
 
 
@@ -144,14 +145,20 @@ def _check(cancel: threading.Event) -> None:
 
 
 def sync_account(
-    store: Store, cfg: Config, acc: AccountConfig, *, cancel: threading.Event, now: float
+    store: Store,
+    cfg: Config,
+    acc: AccountConfig,
+    *,
+    cancel: threading.Event,
+    now: float,
+    client_for: ClientFor = XtreamClient.for_account,
 ) -> AccountResult:
     """Log in, then import the account's streams, or keep the last import (see the module doc)."""
     res = AccountResult(acc.name, "off")
     if not acc.active:
         res.detail = "active: false in the config"
         return res
-    client = XtreamClient.for_account(acc, cfg.base_dir)
+    client = client_for(acc, cfg.base_dir)
     api: list[LiveStream] | None = None
     api_skips: list[tuple[str, str]] = []
     api_state = "ok"
@@ -407,6 +414,7 @@ def run_sync(
     cancel: threading.Event | None = None,
     progress: Progress | None = None,
     now: Callable[[], float] = time.time,
+    client_for: ClientFor = XtreamClient.for_account,
 ) -> SyncReport:
     """One whole sync (blocking: run it in a worker thread). Raises SyncCancelled when cancelled."""
     began = time.monotonic()
@@ -418,7 +426,7 @@ def run_sync(
             _check(cancel)
             if progress is not None:
                 progress(f"account {acc.name}", 0)
-            res = sync_account(store, cfg, acc, cancel=cancel, now=now())
+            res = sync_account(store, cfg, acc, cancel=cancel, now=now(), client_for=client_for)
             _log_account(res)
             report.accounts.append(res)
         skip = {a.name for a in report.accounts if a.state in ("inactive", "no_api")}  # no xmltv.php either
@@ -458,12 +466,19 @@ def emit_events(report: SyncReport, events: EventLog | None) -> None:
 
 
 async def sync_once(
-    cfg: Config, db_path: Path, events: EventLog | None = None, *, progress: Progress | None = None
+    cfg: Config,
+    db_path: Path,
+    events: EventLog | None = None,
+    *,
+    progress: Progress | None = None,
+    client_for: ClientFor = XtreamClient.for_account,
 ) -> SyncReport | None:
     """Run one sync in a worker thread and write its events; None if it failed (logged, scrubbed)."""
     cancel = threading.Event()
     try:
-        report = await asyncio.to_thread(run_sync, cfg, db_path, cancel=cancel, progress=progress)
+        report = await asyncio.to_thread(
+            run_sync, cfg, db_path, cancel=cancel, progress=progress, client_for=client_for
+        )
     except asyncio.CancelledError:
         cancel.set()  # the thread stops at its next step; its transaction rolls back
         raise

@@ -45,8 +45,13 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def record(event: Event, timestamp: float, event_id: str) -> dict[str, Any]:
-    """The event as it is written (JSON line, SQLite details) and as listeners get it: this order."""
+def record(
+    event: Event, timestamp: float, event_id: str, stamp: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The event as it is written (JSON line, SQLite details) and as listeners get it: this order.
+
+    `stamp`: fields every event of this relay carries after its own (a cluster's `relay_id`); none
+    on a single relay, whose records are exactly the event's."""
     out: dict[str, Any] = {
         "timestamp": rfc3339(timestamp),
         "level": event.level,
@@ -54,6 +59,8 @@ def record(event: Event, timestamp: float, event_id: str) -> dict[str, Any]:
         "event": event.kind,
         **event.fields(),
     }
+    if stamp:
+        out.update(stamp)
     out["message"] = event.message()
     out["event_id"] = event_id
     return out
@@ -101,6 +108,9 @@ class EventLog:
         self._store: Store | None = None
         self.written = 0
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        # fields every record carries, after its own: {"relay_id": ...} in a cluster, else none,
+        # so a single relay's lines stay byte-identical
+        self.stamp: dict[str, Any] = {}
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -113,7 +123,7 @@ class EventLog:
 
     def emit(self, event: Event) -> dict[str, Any]:
         """Stamp and queue one event; returns the record as it will be written."""
-        rec = record(event, self.clock(), uuid.uuid4().hex)
+        rec = record(event, self.clock(), uuid.uuid4().hex, self.stamp)
         if self._closing and self._task is None:
             raise RuntimeError("event log is closed")
         for r, n in self.coalescer.offer(coalesce_key(event.kind, rec), rec, self.monotonic()):

@@ -1,0 +1,1 @@
+"""Several relays as one tuner: the slot ledger, its Redis implementation, routing configs, sync lock."""
