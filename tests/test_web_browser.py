@@ -34,8 +34,14 @@ def all_css(driver: Any, css: str) -> list[Any]:
 
 
 def text_of(driver: Any, css: str) -> str | None:
-    found = all_css(driver, css)
-    return found[0].text if found else None
+    """The first match's text; None while there is none (or the live feed re-rendered it meanwhile)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        found = all_css(driver, css)
+        return found[0].text if found else None
+    except StaleElementReferenceException:
+        return None
 
 
 def log_in(driver: Any, port: int) -> None:
