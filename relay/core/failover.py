@@ -61,6 +61,10 @@ class Reason(enum.StrEnum):
     STREAM_ERROR = "StreamError"
     NO_VIDEO = "NoVideo"
     ACCOUNT_FULL = "AccountFull"
+    NO_MEDIA = "NoMedia"  # no video and no audio PES (or no elementary streams) for no_media_s
+    STREAM_SLOW = "StreamSlow"  # media time arrives slower than real time (slow_ratio over slow_window_s)
+    SLOWER = "Slower"  # at tune: still connecting when a lower candidate won
+    COOLDOWN = "Cooldown"  # at tune: failed recently, so tried last, and a lower one won first
 
 
 @dataclass(frozen=True)
@@ -638,6 +642,7 @@ class FailoverMachine:
     def _win(self, a: _Attempt, now: float, out: list[Action]) -> None:
         rnd = self._round
         assert rnd is not None
+        slower = {o.candidate.ref for o in self._round_attempts() if o is not a}
         for other in self._round_attempts():
             if other is not a:
                 self._drop(other, now, out, failed=False)
@@ -663,6 +668,8 @@ class FailoverMachine:
                     )
                 )
             )
+            if (tuned := self._tune_failover(a, rnd, slower, now)) is not None:
+                out.append(Log(tuned))
         elif rnd.kind == "upgrade" and rnd.upgrade_target is not None:
             assert rnd.from_candidate is not None
             if a.candidate == rnd.upgrade_target:
@@ -713,6 +720,38 @@ class FailoverMachine:
                 )
             )
         self._arm_upgrade(now)
+
+    def _tune_failover(
+        self, a: _Attempt, rnd: _Round, slower: set[str], now: float
+    ) -> ev.TuneFailover | None:
+        """The start round won on a lower candidate: what happened to each better one, as a failover."""
+        better = [c for c in self.candidates if c.rank < a.candidate.rank]
+        if not better:
+            return None
+        failed = {f.stream: f for f in rnd.failures}
+        skipped = set(rnd.skipped)
+        why: list[ev.Failure] = []
+        for c in better:
+            if c.ref in failed:
+                why.append(failed[c.ref])
+            elif c.ref in slower:
+                why.append(ev.Failure(c.ref, str(Reason.SLOWER), None))
+            elif c.ref in skipped:
+                why.append(ev.Failure(c.ref, str(Reason.ACCOUNT_FULL), None))
+            else:  # cooling, queued last, not reached before a lower one won
+                why.append(ev.Failure(c.ref, str(Reason.COOLDOWN), None))
+        best = why[0]
+        return ev.TuneFailover(
+            channel=self.channel,
+            from_stream=best.stream,
+            to_stream=a.candidate.ref,
+            reason=best.reason,
+            attempted=tuple(rnd.attempted),
+            http_status=best.http_status,
+            ttfb_ms=_ms(now - rnd.started_at),
+            skipped=tuple(rnd.skipped),
+            failures=tuple(why),
+        )
 
     def _exhaust(self, now: float, out: list[Action]) -> None:
         rnd = self._round

@@ -394,3 +394,60 @@ def test_slots_reconcile_fixes_a_leak_and_counts_other_devices_on_the_line():
     assert slots.free("a") == 0 and slots.free("b") == 0
     slots.reconcile({"a": 1}, active_cons={"a": 1, "b": 0})  # the other device went away
     assert slots.free("a") == 1 and slots.free("b") == 1
+
+
+# ---- issue 15: tune-time failures are failovers -------------------------------------------------
+
+
+def test_a_primary_failing_at_tune_is_a_warn_tune_failover_and_session_start_is_unchanged():
+    h = Harness(cands(("a", 1), ("b", 2)))
+    h.start(0.0)
+    h.fail("a/1", Reason.HTTP_ERROR, 0.01, 503)
+    h.ready("b/2", 0.05)
+    start = h.events("session_start")[0]
+    assert start.fields["failures"] == [{"stream": "a/1", "reason": "HttpError", "http_status": 503}]
+    (tf,) = h.events("tune_failover")
+    assert tf.level == "warn" and tf.what.category == "failover"
+    assert tf.fields["from_stream"] == "a/1" and tf.fields["to_stream"] == "b/2"
+    assert tf.fields["reason"] == "HttpError" and tf.fields["http_status"] == 503
+    assert tf.fields["failures"] == [{"stream": "a/1", "reason": "HttpError", "http_status": 503}]
+    assert h.m.failovers == 0  # mid-stream switches only; the metric counts it with phase=tune
+
+
+def test_a_better_candidate_still_connecting_when_a_lower_one_wins_is_recorded_slower():
+    h = Harness(cands(("a", 1), ("b", 2), ("c", 3)))
+    h.start(0.0)
+    h.run(h.m.head(h.id("a/1"), 0.05))  # a answers but sends no body
+    h.tick(0.25)
+    h.fail("b/2", Reason.CONNECTION_ERROR, 0.3)
+    assert opened(h.tick(0.5)) == ["c/3"]
+    h.ready("c/3", 0.55)
+    assert switched(h.tick(0.55 + POLICY.connect_timeout_s)) == ["c/3"]  # it waited for a, then won
+    (tf,) = h.events("tune_failover")
+    assert tf.fields["from_stream"] == "a/1" and tf.fields["reason"] == "Slower"
+    assert [(f["stream"], f["reason"]) for f in tf.fields["failures"]] == [
+        ("a/1", "Slower"),
+        ("b/2", "ConnectionError"),
+    ]
+    assert h.events("session_start")[0].fields.get("failures") == [
+        {"stream": "b/2", "reason": "ConnectionError", "http_status": None}
+    ]
+
+
+def test_a_primary_that_times_out_at_tune_is_a_connection_timeout_tune_failover():
+    h = Harness(cands(("a", 1), ("b", 2)))
+    h.start(0.0)
+    h.tick(0.25)
+    h.ready("b/2", 0.3)
+    h.tick(POLICY.connect_timeout_s)
+    (tf,) = h.events("tune_failover")
+    assert tf.fields["reason"] == "ConnectionTimeout" and tf.fields["from_stream"] == "a/1"
+
+
+def test_a_best_candidate_that_wins_the_tune_is_no_failover():
+    h = Harness(cands(("a", 1), ("b", 2)))
+    h.start(0.0)
+    h.tick(0.25)
+    h.ready("b/2", 0.3)
+    h.ready("a/1", 0.4)
+    assert h.events("tune_failover") == []
