@@ -72,6 +72,9 @@ class FailoverConfig(_Model):
     transcode: bool = True
     keyframe_wait_s: float = Field(1.0, ge=0)  # after a switch, wait at most this for a keyframe
     no_video_s: float = Field(3.0, gt=0)  # video silent this long while audio flows = NoVideo failure
+    # no video and no audio PES this long while packets flow (nulls, PSI only, a PMT never resolved) =
+    # NoMedia: a zombie upstream that answers 200 and sends valid TS without a program in it
+    no_media_s: float = Field(3.0, gt=0)
     # HLS: a master playlist's variant with the highest BANDWIDTH up to this (bits/s); None = the best
     hls_max_bandwidth: int | None = Field(None, ge=1)
     hls_live_edge: float = Field(3.0, ge=1)  # HLS: start this many target durations before the end (RFC)

@@ -6,14 +6,31 @@ joiner of a running session served its last GOP at once; a slow upstream detecte
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import fake_provider as fp
 from tests.fake_provider import FakeProvider
-from tests.harness import config_for, open_stream, read_events, request, running_relay
+from tests.harness import config_for, open_stream, read_events, recorder, request, running_relay, until
+
+TS = 188
+
+
+def media_pes_starts(body: bytes | bytearray, after: int = 0) -> int:
+    """Video/audio PES starts (payload_unit_start with a 00 00 01 E0-EF/C0-DF prefix) from `after` on."""
+    n = 0
+    for off in range(after - after % TS, len(body) - TS + 1, TS):
+        if body[off] != 0x47 or not body[off + 1] & 0x40:
+            continue
+        p = off + 4 + (1 + body[off + 4] if body[off + 3] & 0x20 else 0)
+        if body[p : p + 3] == b"\0\0\1" and 0xC0 <= body[p + 3] <= 0xEF:
+            n += 1
+    return n
 
 
 async def scrape(port: int) -> dict[str, float]:
@@ -49,3 +66,58 @@ async def test_a_primary_that_fails_at_tune_is_a_warn_tune_failover_counted_with
         assert m["relay_failovers_total[('phase', 'tune'), ('reason', 'HttpError')]"] == 1
         assert "relay_failovers_total[('phase', 'stream'), ('reason', 'HttpError')]" not in m
         await c.close()
+
+
+# ---- zombie upstreams: valid TS, no media ------------------------------------------------------
+
+NO_MEDIA_S = 1.5
+
+
+@pytest.mark.parametrize(
+    ("shape", "after"),
+    [("null", 0), ("pat", 0), ("psi", 0), ("psi", 400_000), ("null", 400_000)],
+    ids=["nulls-at-tune", "pat-without-pmt", "pmt-without-pids", "psi-only-midstream", "nulls-midstream"],
+)
+async def test_a_zombie_upstream_fails_over_nomedia_to_the_healthy_backup_within_no_media_s_plus_2(
+    provider: FakeProvider, tmp_path: Path, shape: str, after: int
+):
+    provider.set(1, fp.zombie(shape, after))  # type: ignore[arg-type]
+    cfg = config_for(tmp_path, provider, {"ch": [("a", 1), ("b", 2)]}, no_media_s=NO_MEDIA_S)
+    async with running_relay(cfg, tmp_path) as relay:
+        seen = recorder(relay)
+        c = await open_stream(relay.port, "/stream/ch")
+        assert c.status == 200
+        t_zombie = time.monotonic()
+        while after and provider.bytes_sent(1) < after:  # mid-stream: the clock starts at the zombie
+            await asyncio.sleep(0.005)
+            t_zombie = time.monotonic()
+        await until(lambda: [e for e in seen if e["event"] == "failover"], timeout=NO_MEDIA_S + 4)
+        took = time.monotonic() - t_zombie
+        (fo,) = [e for e in seen if e["event"] == "failover"]
+        assert fo["from_stream"] == "a/1" and fo["to_stream"] == "b/2" and fo["reason"] == "NoMedia"
+        assert fo["level"] == "warn"
+        assert NO_MEDIA_S - 0.3 <= took <= NO_MEDIA_S + 2, took
+        n = len(c.body)
+        await c.wait_bytes(n + 200_000)
+        assert media_pes_starts(c.body, n) > 20  # the backup's program reaches the viewer
+        await c.close()
+
+
+@pytest.mark.parametrize("shape", ["null", "pat", "psi"])
+async def test_the_fake_providers_zombie_shapes_send_valid_ts_without_media(
+    provider: FakeProvider, shape: str
+):
+    provider.set(1, fp.zombie(shape, 100 * TS))  # type: ignore[arg-type]
+    path = "/" + provider.stream_url(1).split("/", 3)[3]
+    c = await open_stream(provider.port, path)
+    await c.wait_bytes(300 * TS)
+    body = bytes(c.body[: len(c.body) // TS * TS])
+    await c.close()
+    assert media_pes_starts(body[: 100 * TS]) > 0 and media_pes_starts(body, 100 * TS) == 0
+    pids = {((body[o + 1] & 0x1F) << 8) | body[o + 2] for o in range(100 * TS, len(body), TS)}
+    assert all(body[o] == 0x47 for o in range(0, len(body), TS))
+    psi = pids - {0x1FFF}
+    if shape == "psi":
+        assert 0 in psi and len(psi) == 2  # the PAT and its PMT
+    else:
+        assert psi == ({0} if shape == "pat" else set())

@@ -2,7 +2,7 @@
 
 One session per channel, shared by every viewer of it: it owns the upstream attempts, carries out
 the machine's actions (open, close, switch, record, exhausted), runs its one clock timer and the
-keepalive poll (null packets over a gap, the splice's lag, NoVideo), and passes the current
+keepalive poll (null packets over a gap, the splice's lag, NoMedia/NoVideo), and passes the current
 upstream's packets through the splice. The session outlives its last viewer by `server.linger_s`
 (a quick return, or Plex's retune, reuses it). Its parts live next to it: the viewers and their
 fan-out in relay/shell/outputs.py, the re-encoders in relay/shell/transcode.py; decisions are made
@@ -103,6 +103,7 @@ class ChannelSession:
             fo.keyframe_wait_s,
             fo.no_video_s,
             enabled=fo.splice,
+            no_media_s=fo.no_media_s,
             frame_hold=fo.frame_hold,
             transcodable=self.transcoders.can if self.transcoders.ffmpeg else None,
         )
@@ -415,8 +416,8 @@ class ChannelSession:
             if bridge:
                 self._last_out = now
                 self.outputs.bridge(bridge)
-        if self.current is not None and self.splicer.health(now) == Reason.NO_VIDEO:
-            self._run(self.machine.content_failed(Reason.NO_VIDEO, now))
+        if self.current is not None and (why := self.splicer.health(now)) is not None:
+            self._run(self.machine.content_failed(Reason(why), now))  # NoMedia, NoVideo
 
     def _exhausted(self, started: bool) -> None:
         outs = self.outputs.take_all()

@@ -102,6 +102,7 @@ class UpstreamState:
     routes: dict[int, Route] = field(default_factory=dict)
     entered: bool = False
     t0: float | None = None
+    fed_at: float | None = None  # its last packets came at (relay/ts/health.py: NoMedia)
     tables: Tables | None = None
     video_seen: float | None = None
     audio_seen: float | None = None

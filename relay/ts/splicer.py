@@ -30,8 +30,9 @@ output program the client sees:
     ``poll(now)``: what trailed by the lag and fell due while the upstream was silent.
     ``bridge(now) -> bytes``: null packets (plus PAT/PMT every ``bridge_psi_interval_s``) to keep a
     client's demuxer fed during a gap; b"" until the session's first real output.
-    ``health(now) -> str | None``: ``"NoVideo"`` when the program had video and the current upstream's
-    video PID is silent for ``no_video_s`` while audio flows, or its PMT has no video stream.
+    ``health(now) -> str | None``: ``"NoMedia"`` when no video or audio PES came for ``no_media_s``
+    while packets flow; ``"NoVideo"`` when the program had video and the current upstream's video PID
+    is silent for ``no_video_s`` while audio flows, or its PMT has no video stream (relay/ts/health.py).
     ``join_prefix()``, ``keyframe_offset(chunk)``: PAT/PMT and where to start for a joining client.
     ``enabled=False``: passthrough (alignment only) so the difference can be measured.
 
@@ -53,6 +54,7 @@ from collections.abc import Iterable, Sequence
 from relay.ts import fastpath
 from relay.ts.continuity import Continuity
 from relay.ts.fastpath import Tables, build_tables
+from relay.ts.health import content_health
 from relay.ts.hold import Hold, Lag
 from relay.ts.packet import NULL_PACKET, NULL_PID, PAT_PID, TS_PACKET_SIZE, payload_offset
 from relay.ts.pes import is_random_access, pes_timestamps
@@ -60,7 +62,6 @@ from relay.ts.program import KEEP, RESTART, OutputProgram, Route, Transcodable, 
 from relay.ts.timeline import Timeline
 
 _PKT = TS_PACKET_SIZE
-NO_VIDEO = "NoVideo"
 
 
 class Splicer:
@@ -71,6 +72,7 @@ class Splicer:
         keyframe_wait_s: float = 1.0,
         no_video_s: float = 3.0,
         enabled: bool = True,
+        no_media_s: float = 3.0,
         *,
         hold_max_s: float = 1.0,
         bridge_psi_interval_s: float = 0.5,
@@ -83,6 +85,7 @@ class Splicer:
     ) -> None:
         self.keyframe_wait_s = keyframe_wait_s
         self.no_video_s = no_video_s
+        self.no_media_s = no_media_s
         self.enabled = enabled
         self.bridge_psi_interval_s = bridge_psi_interval_s
         self.bridge_null_packets = bridge_null_packets
@@ -178,6 +181,8 @@ class Splicer:
         src = self._src
         if src.t0 is None:
             src.t0 = now
+        if packets:
+            src.fed_at = now
         out: list[bytes | memoryview] = []
         hold = self._hold
         hold.drain_ready(out)
@@ -273,20 +278,10 @@ class Splicer:
         return b"".join(parts)
 
     def health(self, now: float) -> str | None:
-        """``"NoVideo"`` when the current upstream lost the video the program had; else None."""
+        """``"NoMedia"`` or ``"NoVideo"`` for the current upstream's content (relay/ts/health.py)."""
         if not self.enabled:
             return None
-        src = self._src
-        if src.program is None:
-            return None
-        if not src.program.has_video:
-            return NO_VIDEO if self._program.had_video else None
-        if src.audio_seen is None or now - src.audio_seen > self.no_video_s:
-            return None  # no audio either: a stall, not this check's business
-        since = src.video_seen if src.video_seen is not None else src.t0
-        if since is not None and now - since >= self.no_video_s:
-            return NO_VIDEO
-        return None
+        return content_health(self._src, now, self.no_video_s, self.no_media_s, self._program.had_video)
 
     # --- switch ---------------------------------------------------------------------------------------
 
