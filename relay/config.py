@@ -43,6 +43,9 @@ class ServerConfig(_Model):
     linger_s: float = Field(5.0, ge=0)  # keep an upstream this long after its last client leaves
     client_buffer_bytes: int = Field(4 << 20, ge=64 << 10)  # a client this far behind the others is dropped
     client_stall_s: float = Field(30.0, gt=0)  # a client that reads nothing this long frees its provider slot
+    # a viewer joining a running session gets PAT/PMT and the session's last GOP (from its last keyframe)
+    # at once, kept up to this many bytes (a longer GOP: the joiner waits for the next keyframe); 0 = off
+    join_gop_bytes: int = Field(3 << 20, ge=0)
     max_clients: int = Field(1024, ge=1)  # open client connections; beyond it 503, so fds stay bounded
 
 

@@ -121,3 +121,57 @@ async def test_the_fake_providers_zombie_shapes_send_valid_ts_without_media(
         assert 0 in psi and len(psi) == 2  # the PAT and its PMT
     else:
         assert psi == ({0} if shape == "pat" else set())
+
+
+# ---- instant zap: a joiner gets the session's last GOP at once ---------------------------------
+
+
+def first_frame_at(c: Any, t_open: float, video_pid: int = 0x100) -> float | None:
+    """Seconds from `t_open` until the joiner held a whole video frame (its second video PES start)."""
+    starts = 0
+    for off in range(0, len(c.body) - TS + 1, TS):
+        b = c.body
+        if b[off + 1] & 0x40 and ((b[off + 1] & 0x1F) << 8 | b[off + 2]) == video_pid:
+            starts += 1
+            if starts == 2:
+                at = next(t for t, n in c.arrivals if n > off)
+                return at - t_open
+    return None
+
+
+async def ffprobe_frames(data: bytes, tmp: Path) -> tuple[list[str], str]:
+    """The video frames ffprobe decodes from `data` (key_frame flags), and its warnings."""
+    f = tmp / "joiner.ts"
+    f.write_bytes(data[: len(data) // TS * TS])
+    proc = await asyncio.create_subprocess_exec(
+        "ffprobe", "-v", "warning", "-select_streams", "v", "-show_entries", "frame=key_frame",
+        "-of", "csv=p=0", str(f),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    return [ln.strip(",") for ln in out.decode().split() if ln.strip(",")], err.decode()
+
+
+async def test_a_joiner_decodes_its_first_frame_at_once_from_the_sessions_last_gop(
+    provider: FakeProvider, tmp_path: Path
+):
+    cfg = config_for(tmp_path, provider, {"ch": [("a", 1)]})
+    async with running_relay(cfg, tmp_path) as relay:
+        first = await open_stream(relay.port, "/stream/ch")
+        await first.wait_bytes(150_000)  # ~2 s: the session runs, mid-GOP at any moment
+        zaps = []
+        for i in range(4):
+            await asyncio.sleep(0.13 * i + 0.05)  # joins at various points of the 1 s GOP
+            t_open = time.monotonic()
+            c = await open_stream(relay.port, "/stream/ch")
+            await asyncio.sleep(0.25)
+            zap = first_frame_at(c, t_open)
+            frames, warnings = await ffprobe_frames(bytes(c.body), tmp_path)
+            await c.close()
+            assert zap is not None and zap < 0.15, zap  # without the GOP: up to 1 s (the next keyframe)
+            assert frames and frames[0] == "1", frames  # decodable from its first frame, a keyframe
+            assert "continuity" not in warnings.lower() and "non-existing pps" not in warnings.lower(), (
+                warnings
+            )
+            zaps.append(zap)
+        await first.close()

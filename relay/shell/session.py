@@ -43,6 +43,7 @@ from relay.sources import streams
 from relay.sources.tls import account_tls_context, tls_context
 from relay.storage.eventlog import EventLog
 from relay.ts import Splicer
+from relay.ts.gop import GopCache
 
 PENDING_LIMIT = 1 << 20  # bytes a not-yet-chosen attempt may buffer before it is paused
 KEEPALIVE_S = 0.25  # how often a silent client is fed null packets, and content health is checked
@@ -119,6 +120,7 @@ class ChannelSession:
             on_drop=self.remove_output,
         )
         self.flow = self.outputs.flow
+        self.gop = GopCache(server.join_gop_bytes)  # a joiner's instant start (relay/ts/gop.py)
         self._keepalive: asyncio.TimerHandle | None = None
         self._last_out = 0.0
 
@@ -162,7 +164,8 @@ class ChannelSession:
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
-        self.outputs.add(out)
+        gop = self.gop.snapshot(self.splicer.psi_pids) if self.outputs.started else None
+        self.outputs.add(out, gop)
 
     def remove_output(self, out: Output, reason: str = "ClientGone") -> None:
         self.outputs.remove(out)
@@ -259,7 +262,7 @@ class ChannelSession:
         cur = self.current
         if cur is not None and cur.id == attempt:
             if self.started:
-                self.splicer.switch(self.shared.clock())
+                self._splice_switch(self.shared.clock())
         elif (att := self.attempts.get(attempt)) is not None:
             att.pending, att.pending_bytes = [], 0  # what came before the break never goes out
 
@@ -338,7 +341,7 @@ class ChannelSession:
             self.outputs.start()
             self._keepalive = self.loop.call_later(KEEPALIVE_S, self._keepalive_tick)
         else:
-            self.splicer.switch(now)
+            self._splice_switch(now)
         pending, att.pending, att.pending_bytes = att.pending, [], 0
         if pending:
             self._send(pending, now)
@@ -346,6 +349,11 @@ class ChannelSession:
             self._pause_upstream()
         else:
             att.resume_reading()
+
+    def _splice_switch(self, now: float) -> None:
+        """The splice takes a new upstream from here on; the joiners' GOP starts again at its entry."""
+        self.splicer.switch(now)
+        self.gop.clear()
 
     def _send(self, views: list[memoryview], now: float, region: tuple[bytearray, int] | None = None) -> None:
         """The current upstream's packets through the splice to every client, by reference."""
@@ -359,6 +367,7 @@ class ChannelSession:
     def _spliced_out(self, out: list[bytes | memoryview], now: float) -> None:
         """The splice let `out` go; a switch event waiting for the backup's entry goes with it."""
         self._last_out = now
+        self.gop.add(out, self.splicer.video_stream)
         self.outputs.write(out)
         if self.machine.awaiting_entry and self.splicer.entry_sent:
             self._record(self.machine.entry_sent(now))
@@ -369,7 +378,7 @@ class ChannelSession:
         """The current upstream brings other codecs: from here on its bytes go through ffmpeg."""
         want, have = self.splicer.output_types(), self.splicer.upstream_types()
         tx = self.transcoders.start(attempt, want, have)
-        self.splicer.switch(now)  # its re-encoded output enters like a new upstream
+        self._splice_switch(now)  # its re-encoded output enters like a new upstream
         tx.write(views)
         cur = self.machine.current_candidate
         self.shared.events.emit(

@@ -239,6 +239,19 @@ class Splicer:
         repeat = self._continuity.repeat_last
         return b"".join(repeat(p) for p in (*program.pat_packets, *program.pmt_packets))
 
+    @property
+    def video_stream(self) -> tuple[int, int] | None:
+        """The output's video (PID, stream_type), for the joiners' GOP (relay/ts/gop.py); None in
+        passthrough mode or without video."""
+        video = self._program.video() if self.enabled else None
+        return None if video is None else (video.elementary_PID, video.stream_type)
+
+    @property
+    def psi_pids(self) -> tuple[int, ...]:
+        """The output's PAT and PMT PIDs."""
+        pmt = self._program.pmt_pid
+        return (PAT_PID,) if pmt is None else (PAT_PID, pmt)
+
     def keyframe_offset(self, data: bytes | bytearray | memoryview) -> int | None:
         """Byte offset in an output chunk of the first video packet a decoder can start from.
 
