@@ -78,6 +78,10 @@ class FailoverConfig(_Model):
     # no video and no audio PES this long while packets flow (nulls, PSI only, a PMT never resolved) =
     # NoMedia: a zombie upstream that answers 200 and sends valid TS without a program in it
     no_media_s: float = Field(3.0, gt=0)
+    # media time (PCR/PTS clock) delivered against wall time over this window; below slow_ratio =
+    # StreamSlow, switched make-before-break (a stream at 0.7x never stalls, yet every player rebuffers)
+    slow_window_s: float = Field(10.0, ge=1)
+    slow_ratio: float = Field(0.9, gt=0, lt=1)
     # HLS: a master playlist's variant with the highest BANDWIDTH up to this (bits/s); None = the best
     hls_max_bandwidth: int | None = Field(None, ge=1)
     hls_live_edge: float = Field(3.0, ge=1)  # HLS: start this many target durations before the end (RFC)

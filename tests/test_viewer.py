@@ -175,3 +175,42 @@ async def test_a_joiner_decodes_its_first_frame_at_once_from_the_sessions_last_g
             )
             zaps.append(zap)
         await first.close()
+
+
+# ---- a slow upstream, judged from its own clock -----------------------------------------------
+
+SLOW_WINDOW_S = 6.0  # longer than one pass of the 4 s test file: the meter runs on across its loop
+
+
+async def test_a_provider_at_07x_real_time_is_left_make_before_break_within_the_window_plus_2s(
+    provider: FakeProvider, tmp_path: Path
+):
+    provider.set(1, fp.ok(rate_factor=0.7))
+    cfg = config_for(
+        tmp_path, provider, {"ch": [("a", 1), ("b", 2)]}, slow_window_s=SLOW_WINDOW_S, stall_timeout_s=5.0
+    )
+    async with running_relay(cfg, tmp_path) as relay:
+        seen = recorder(relay)
+        t0 = time.monotonic()
+        c = await open_stream(relay.port, "/stream/ch")
+        await until(lambda: [e for e in seen if e["event"] == "failover"], timeout=SLOW_WINDOW_S + 6)
+        took = time.monotonic() - t0
+        (fo,) = [e for e in seen if e["event"] == "failover"]
+        assert fo["reason"] == "StreamSlow" and fo["from_stream"] == "a/1" and fo["to_stream"] == "b/2"
+        assert SLOW_WINDOW_S <= took <= SLOW_WINDOW_S + 2, took
+        assert provider.active(1) == 0 and provider.active(2) == 1
+        n = len(c.body)
+        await c.wait_bytes(n + 100_000)
+        assert media_pes_starts(c.body, n) > 10
+        await c.close()
+
+
+async def test_a_real_time_provider_is_never_slow(provider: FakeProvider, tmp_path: Path):
+    cfg = config_for(tmp_path, provider, {"ch": [("a", 1), ("b", 2)]}, slow_window_s=SLOW_WINDOW_S)
+    async with running_relay(cfg, tmp_path) as relay:
+        seen = recorder(relay)
+        c = await open_stream(relay.port, "/stream/ch")
+        await asyncio.sleep(3 * SLOW_WINDOW_S)  # three windows, the file looping twice
+        assert [e for e in seen if e["event"] == "failover"] == []
+        assert provider.active(1) == 1 and provider.active(2) == 0
+        await c.close()

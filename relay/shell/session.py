@@ -2,8 +2,8 @@
 
 One session per channel, shared by every viewer of it: it owns the upstream attempts, carries out
 the machine's actions (open, close, switch, record, exhausted), runs its one clock timer and the
-keepalive poll (null packets over a gap, the splice's lag, NoMedia/NoVideo), and passes the current
-upstream's packets through the splice. The session outlives its last viewer by `server.linger_s`
+keepalive poll (null packets over a gap, the splice's lag, NoMedia/NoVideo, StreamSlow), and passes
+the current upstream's packets through the splice. The session outlives its last viewer by `server.linger_s`
 (a quick return, or Plex's retune, reuses it). Its parts live next to it: the viewers and their
 fan-out in relay/shell/outputs.py, the re-encoders in relay/shell/transcode.py; decisions are made
 in relay/core/failover.py. This module only translates between sockets, time and those decisions.
@@ -105,6 +105,8 @@ class ChannelSession:
             fo.no_video_s,
             enabled=fo.splice,
             no_media_s=fo.no_media_s,
+            slow_window_s=fo.slow_window_s,
+            slow_ratio=fo.slow_ratio,
             frame_hold=fo.frame_hold,
             transcodable=self.transcoders.can if self.transcoders.ffmpeg else None,
         )
@@ -190,6 +192,7 @@ class ChannelSession:
 
     def _resume_upstream(self) -> None:
         self.machine.resumed(self.shared.clock())
+        self.splicer.slowness.reset()  # held back on purpose: not the provider's slowness
         if self.current is not None:
             self.current.resume_reading()
         self._arm()
@@ -427,6 +430,9 @@ class ChannelSession:
                 self.outputs.bridge(bridge)
         if self.current is not None and (why := self.splicer.health(now)) is not None:
             self._run(self.machine.content_failed(Reason(why), now))  # NoMedia, NoVideo
+        elif self.current is not None and not self.flow.paused and self.splicer.slowness.slow(now):
+            self.splicer.slowness.reset()  # one search a window: measured afresh meanwhile
+            self._run(self.machine.slow(now))  # StreamSlow: make-before-break
 
     def _exhausted(self, started: bool) -> None:
         outs = self.outputs.take_all()

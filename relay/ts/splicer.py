@@ -34,6 +34,8 @@ output program the client sees:
     while packets flow; ``"NoVideo"`` when the program had video and the current upstream's video PID
     is silent for ``no_video_s`` while audio flows, or its PMT has no video stream (relay/ts/health.py).
     ``join_prefix()``, ``keyframe_offset(chunk)``: PAT/PMT and where to start for a joining client.
+    ``slowness``: the current upstream's media time against wall time (``slowness.slow(now)``:
+    StreamSlow), reset at each switch.
     ``enabled=False``: passthrough (alignment only) so the difference can be measured.
 
 Theory of operation (what lives here)
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from relay.core.slowness import SlowMeter
 from relay.ts import fastpath
 from relay.ts.continuity import Continuity
 from relay.ts.fastpath import Tables, build_tables
@@ -73,6 +76,8 @@ class Splicer:
         no_video_s: float = 3.0,
         enabled: bool = True,
         no_media_s: float = 3.0,
+        slow_window_s: float = 10.0,
+        slow_ratio: float = 0.9,
         *,
         hold_max_s: float = 1.0,
         bridge_psi_interval_s: float = 0.5,
@@ -86,6 +91,8 @@ class Splicer:
         self.keyframe_wait_s = keyframe_wait_s
         self.no_video_s = no_video_s
         self.no_media_s = no_media_s
+        # media time (the reference stream's DTS) against wall time: StreamSlow (relay/core/slowness.py)
+        self.slowness = SlowMeter(slow_window_s, slow_ratio)
         self.enabled = enabled
         self.bridge_psi_interval_s = bridge_psi_interval_s
         self.bridge_null_packets = bridge_null_packets
@@ -222,6 +229,7 @@ class Splicer:
             return
         self._finish_upstream()
         self._src = UpstreamState()
+        self.slowness.reset()
         # the new upstream's entry keyframe is held whole anyway: the client waits for it during the
         # switch, and that wait is the new lag, learned again from this upstream's frames
         self._lag.restart()
@@ -487,6 +495,8 @@ class Splicer:
         """A PES begins: rebase its PTS/DTS, learn the frame duration, start holding it."""
         p = payload_offset(buf, off)
         pts, dts = pes_timestamps(buf, off, p)
+        if route.is_ref and pts is not None:
+            self.slowness.sample(now, dts if dts is not None else pts)  # the upstream's own clock
         self._timeline.pes_start(route.out, buf, off + p, pts, dts)
         if route.kind not in ("video", "audio") or not self.frame_hold:
             return
