@@ -212,7 +212,7 @@ async def test_metrics_parse_and_move_with_failovers_and_status_names_the_stream
         await relay.events.flush()
         after = await scrape()
         assert after["relay_sessions[]"] == 1 and after["relay_clients[]"] == 1
-        assert after["relay_failovers_total[('reason', 'StreamError')]"] == 1
+        assert after["relay_failovers_total[('phase', 'stream'), ('reason', 'StreamError')]"] == 1
         assert after["relay_provider_connections[('account', 'b')]"] == 1
         assert after["relay_bytes_relayed_total[]"] > 10_000
         assert after["relay_switch_seconds_count[]"] == 1

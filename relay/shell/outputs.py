@@ -84,8 +84,9 @@ class Outputs:
 
     # ---- joining and leaving ----------------------------------------------------------------------
 
-    def add(self, out: Output) -> None:
-        """A viewer joins; if the stream already runs: the head and PAT/PMT now, then from a keyframe."""
+    def add(self, out: Output, gop: list[bytes | memoryview] | None = None) -> None:
+        """A viewer joins; if the stream already runs: the head and PAT/PMT now, then the session's
+        last GOP (`gop`, relay/ts/gop.py) and the live data, or without one from the next keyframe."""
         self.viewers.append(out)
         self.flow.add(id(out))
         if not self.started:
@@ -97,6 +98,9 @@ class Outputs:
         intro = self._splicer.join_prefix()
         if intro:
             out.send([memoryview(intro)], len(intro))
+        if intro and gop:  # issue 15, instant zap: the last GOP at once, then live
+            out.send(gop, sum(len(g) for g in gop))
+            return
         self._joining.add(id(out))
 
     def remove(self, out: Output) -> bool:
