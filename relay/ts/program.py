@@ -74,9 +74,6 @@ class OutStream:
     prev_dts: int | None = None
     frame: int = DEFAULT_FRAME  # the last step between PES starts: one video frame
     span: int = 0  # the largest such step: how far one PES (e.g. several audio frames) may reach
-    up_dts: int | None = None  # the current upstream's own last DTS (or PTS) here: its jumps
-    epoch: int = 0  # which of the current upstream's timestamp epochs it is in (Timeline.adjust)
-    epoch_gen: int = -1  # the Timeline generation (upstream) those two belong to
 
 
 @dataclass(slots=True)

@@ -342,8 +342,9 @@ class Splicer:
             program = self._program
             tables = src.tables or build_tables(src, program.pat_packets, program.pmt_packets)
             src.tables = tables
-            # rebase: every PES start and PCR is looked at, so a jump inside the upstream is rebased
-            positions, cls, new_b3, psi_stop = fastpath.columns(whole, base, size, b1, b2, b3, tables, True)
+            timeline = self._timeline
+            rebase = bool(timeline.offset or timeline.pending_di)
+            positions, cls, new_b3, psi_stop = fastpath.columns(whole, base, size, b1, b2, b3, tables, rebase)
         else:
             positions = range(n)
             cls = new_b3 = b""
@@ -443,7 +444,12 @@ class Splicer:
         buf[off + 3] = (h3 & 0xF0) | cc
         o.last_cc = cc
         timeline = self._timeline
-        if h3 & 0x20 and buf[off + 4] >= 7 and buf[off + 5] & 0x10:
+        if (
+            (timeline.offset or timeline.pending_di)
+            and h3 & 0x20
+            and buf[off + 4] >= 7
+            and buf[off + 5] & 0x10
+        ):
             timeline.rebase_pcr(buf, off)
         if pusi and kind != "pcr":
             self._pes_start(route, buf, off, cc, out_index + len(insert), now)
