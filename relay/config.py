@@ -43,6 +43,10 @@ class ServerConfig(_Model):
     linger_s: float = Field(5.0, ge=0)  # keep an upstream this long after its last client leaves
     client_buffer_bytes: int = Field(4 << 20, ge=64 << 10)  # a client this far behind the others is dropped
     client_stall_s: float = Field(30.0, gt=0)  # a client that reads nothing this long frees its provider slot
+    write_interval_ms: float = Field(
+        40.0, ge=0, le=1000
+    )  # gather a channel's reads into one write; 0 = per read
+    write_coalesce_bytes: int = Field(64 << 10, ge=1)  # ... or write as soon as this much is gathered
     max_clients: int = Field(1024, ge=1)  # open client connections; beyond it 503, so fds stay bounded
 
 
