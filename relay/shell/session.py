@@ -363,6 +363,8 @@ class ChannelSession:
         """The splice let `out` go; a switch event waiting for the backup's entry goes with it."""
         self._last_out = now
         self.outputs.write(out)
+        if self.splicer.entry_streaming:
+            self.outputs.flush()  # the first picture after a switch or a tune: now, not at the interval
         if self.machine.awaiting_entry and self.splicer.entry_sent:
             self.outputs.flush()  # the backup's entry goes out now, not at the next interval
             self._record(self.machine.entry_sent(now))
