@@ -3,10 +3,11 @@
 Without it every upstream read costs one `writelines` (and one syscall) per viewer. The Coalescer keeps
 what the splice let go, in order and by reference, and hands it to the fan-out as one batch when
 `server.write_interval_ms` has passed since the first byte of the batch or the batch reached
-`server.write_coalesce_bytes`, whichever comes first: one chunk framed once, one write per viewer,
-for all the viewers of the channel in one pass. Back-pressure and the slow-viewer bound are the
-fan-out's, checked at each batch as they were at each read. An interval of 0 turns it off (a write
-per read, as before).
+`server.write_coalesce_bytes`, whichever comes first (on a steady stream the batches keep one cadence,
+so a viewer's gap is the interval, not the interval plus a read): one chunk framed once, one write per
+viewer, for all the viewers of the channel in one pass. Back-pressure and the slow-viewer bound are the
+fan-out's, checked at each batch as they were at each read. An interval of 0 turns it off (a write per
+read, as before).
 
 Must never: reorder, copy or drop bytes, or hold a batch past its interval.
 """
@@ -36,6 +37,7 @@ class Coalescer:
         self._views: list[bytes | memoryview] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._next = 0.0  # loop time of the next batch on the cadence of the last timed one
         self.batches = 0  # batches sent (for tests and the bench)
 
     @property
@@ -50,10 +52,15 @@ class Coalescer:
         if self._size >= self._max_bytes:
             self.flush()
         elif self._timer is None:
-            self._timer = self._loop.call_later(self._interval_s, self._due)
+            # on a steady stream the batches keep one cadence (a batch every interval, not every
+            # interval after the first read that missed the last batch: that would add a read to the gap)
+            now = self._loop.time()
+            at = self._next if now < self._next else now + self._interval_s
+            self._timer = self._loop.call_at(at, self._due)
 
     def _due(self) -> None:
         self._timer = None
+        self._next = self._loop.time() + self._interval_s
         self.flush()
 
     def flush(self) -> None:

@@ -154,3 +154,19 @@ async def test_coalescer_rejects_a_zero_interval_and_keeps_order():
     assert got == [([b"ab", b"c", b"d", b"e"], 5)] and c.pending == 0 and c.batches == 1
     c.flush()
     assert c.batches == 1  # nothing gathered: no empty batch
+
+
+async def test_on_a_steady_stream_the_batches_keep_one_cadence():
+    """A read that comes just after a batch goes out with the next batch on the cadence, not an
+    interval after it: a viewer's gap stays the interval, not the interval plus a read."""
+    loop = asyncio.get_running_loop()
+    at: list[float] = []
+    c = Coalescer(loop, 0.1, 1 << 20, lambda views, size: at.append(loop.time()))
+    t0 = loop.time()
+    c.add([b"a"], 1)
+    await asyncio.sleep(0.13)  # the first batch went out at t0 + 0.1
+    c.add([b"b"], 1)  # 0.03 after it
+    await asyncio.sleep(0.12)
+    assert len(at) == 2
+    assert at[1] - at[0] == pytest.approx(0.1, abs=0.02), "on the cadence: 0.1 after the first batch"
+    assert at[1] - t0 < 0.23, "not an interval after the late read (that would be 0.23)"
