@@ -13,11 +13,11 @@
   plus one spare (at most ``lag_bytes_max``): each read lets out the read that many reads before it,
   so bytes leave at the pace they came. Counting reads, not seconds, matters: compared at jittery read
   times, a lag in seconds lets out nothing at one read and two at the next, doubling a gap. After a
-  switch (and at tune) the lag starts at zero and the entry keyframe is not held: it streams as it
-  arrives (``start_pes(stream=True)``), so the first picture costs what a direct reconnect costs; its
-  arrival still teaches the lag, which then costs the client one pause of that many reads right after
-  the entry frame (it has its picture by then). ``Splicer.poll(now)`` lets out what trailed by the
-  lag once the upstream went silent.
+  switch (and at tune) the lag starts at zero and the entry keyframe and the frame after it are not
+  held: they stream as they arrive (``start_pes(stream=True)``), so the first picture costs what a
+  direct reconnect costs; their arrival still teaches the lag, which is then grown a read at a time
+  (``RAMP_READS``: gaps of two reads, never one pause of the whole lag). ``Splicer.poll(now)`` lets
+  out what trailed by the lag once the upstream went silent.
 - An entry frame that streamed is not dropped at a switch: if a backup dies inside its first frame,
   the client has the start of that frame (one broken picture) and then the next upstream's entry.
 
