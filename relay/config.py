@@ -56,6 +56,10 @@ class ServerConfig(_Model):
     # a viewer joining a running session gets PAT/PMT and the session's last GOP (from its last keyframe)
     # at once, kept up to this many bytes (a longer GOP: the joiner waits for the next keyframe); 0 = off
     join_gop_bytes: int = Field(3 << 20, ge=0)
+    # gather a channel's output into one write per viewer per this interval (or write_coalesce_bytes):
+    # fewer syscalls, at the cost of up to one interval more between two writes; 0 = a write per read
+    write_interval_ms: float = Field(0.0, ge=0, le=1000)
+    write_coalesce_bytes: int = Field(64 << 10, ge=1)  # ... or write as soon as this much is gathered
     max_clients: int = Field(1024, ge=1)  # open client connections; beyond it 503, so fds stay bounded
 
 

@@ -124,6 +124,8 @@ class ChannelSession:
             stall_s=server.client_stall_s,
             emit=shared.events.emit,
             on_drop=self.remove_output,
+            write_interval_s=server.write_interval_ms / 1000,
+            write_bytes=server.write_coalesce_bytes,
         )
         self.flow = self.outputs.flow
         self.gop = GopCache(server.join_gop_bytes)  # a joiner's instant start (relay/ts/gop.py)
@@ -262,6 +264,8 @@ class ChannelSession:
         self._run(self.machine.packets(attempt, self.shared.clock()))
 
     def on_failed(self, attempt: int, reason: Reason, status: int | None) -> None:
+        if self.current is not None and self.current.id == attempt:
+            self.outputs.flush()  # nothing more comes from it: what was gathered goes out now
         self._run(self.machine.failed(attempt, reason, self.shared.clock(), status))
 
     def on_discontinuity(self, attempt: int) -> None:
@@ -376,7 +380,10 @@ class ChannelSession:
         self._last_out = now
         self.gop.add(out, self.splicer.video_stream)
         self.outputs.write(out)
+        if self.splicer.entry_streaming:
+            self.outputs.flush()  # the first picture after a switch or a tune: now, not at the interval
         if self.machine.awaiting_entry and self.splicer.entry_sent:
+            self.outputs.flush()  # the backup's entry goes out now, not at the next interval
             self._record(self.machine.entry_sent(now))
 
     # ---- re-encoding a backup in other codecs ------------------------------------------------

@@ -25,8 +25,8 @@ output program the client sees:
     ``switch(now)``: the next packets fed come from a new upstream (failover or upgrade). The current
     unfinished PES of each stream is dropped; the rest goes out with the next ``feed``/``bridge``.
     ``entered: bool``: the current upstream's clean entry is done (PAT+PMT then a keyframe went out);
-    ``last_entry_wait_s``: how long that took. ``entry_sent``: that entry (its keyframe, whole) went out,
-    which is when the session's switch time ends.
+    ``last_entry_wait_s``: how long that took. ``entry_sent``: that entry (PAT/PMT and the start of its
+    keyframe, which then streams as it arrives) went out, which is when the session's switch time ends.
     ``poll(now)``: what trailed by the lag and fell due while the upstream was silent.
     ``bridge(now) -> bytes``: null packets (plus PAT/PMT every ``bridge_psi_interval_s``) to keep a
     client's demuxer fed during a gap; b"" until the session's first real output.
@@ -65,6 +65,7 @@ from relay.ts.program import KEEP, RESTART, OutputProgram, Route, Transcodable, 
 from relay.ts.timeline import Timeline
 
 _PKT = TS_PACKET_SIZE
+STREAMED_FRAMES = 2  # after an entry: its frame and the next are let out as they arrive, not held
 
 
 class Splicer:
@@ -142,9 +143,16 @@ class Splicer:
 
     @property
     def entry_sent(self) -> bool:
-        """The current upstream's entry (PAT/PMT, then its keyframe) went out: the client has it."""
+        """The current upstream's entry (PAT/PMT, then its keyframe's start) went out: the client has it."""
         entry = self._src.entry_index
         return not self.enabled or (entry is not None and self._hold.released > entry)
+
+    @property
+    def entry_streaming(self) -> bool:
+        """The current upstream's entry frames are going out as they arrive (until the first held frame
+        begins): what the splice lets out now is the client's first picture, not to be delayed."""
+        src = self._src
+        return self.enabled and src.entry_index is not None and src.streamed <= STREAMED_FRAMES
 
     @property
     def codec_change(self) -> bool:
@@ -230,8 +238,8 @@ class Splicer:
         self._finish_upstream()
         self._src = UpstreamState()
         self.slowness.reset()
-        # the new upstream's entry keyframe is held whole anyway: the client waits for it during the
-        # switch, and that wait is the new lag, learned again from this upstream's frames
+        # the new upstream's entry keyframe streams as it arrives; the lag is learned again from this
+        # upstream's frames, one read at a time (relay/ts/hold.py, "Lag")
         self._lag.restart()
 
     def join_prefix(self) -> bytes:
@@ -500,4 +508,11 @@ class Splicer:
         self._timeline.pes_start(route.out, buf, off + p, pts, dts)
         if route.kind not in ("video", "audio") or not self.frame_hold:
             return
-        self._hold.start_pes(route, self._src, buf, off, p, cc, out_index, now, self._chunks)
+        # the entry frame (after a switch, or at tune) streams as it arrives: the hold is for the dying
+        # upstream's cut frame, and holding the new one whole only delays the first picture
+        # (and the frame after it: its start is what tells a demuxer that the entry frame is complete)
+        src = self._src
+        stream = route.kind == "video" and src.entry_index is not None and src.streamed < STREAMED_FRAMES
+        if stream or (route.kind == "video" and src.streamed == STREAMED_FRAMES):
+            src.streamed += 1  # STREAMED_FRAMES + 1: the first held frame began, the entry is over
+        self._hold.start_pes(route, src, buf, off, p, cc, out_index, now, self._chunks, stream=stream)
