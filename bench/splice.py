@@ -261,6 +261,9 @@ def client_errors(a: bytes, b: bytes, trials: int, seed: int) -> dict[str, Any]:
                     for i in range(0, len(seg), 65536):
                         now += 65536 / 625_000
                         out += splicer.feed(aligner.feed(seg[i : i + 65536]), now)
+                # the recording's end: what still trailed by the lag (else its last frame is cut by the
+                # end of the file, not by a switch: the 10-12 error lines with keyframe_wait_s 2.5)
+                out += splicer.poll(now + 60)
                 path = Path(tmp) / f"{mode}-{trial}.ts"
                 path.write_bytes(b"".join(out))
                 for key, value in _client_view(path).items():

@@ -44,6 +44,12 @@ stalls over 50 ms happened (clients of one channel at one time = that channel; a
     python -m bench.throughput [--quick] [--media hd|sd] [--clients 200 --channels 50 --seconds 30]
                                [--curve 10,50,100,200,400] [--targets origin,nginx,splice,nohold,nosplice]
                                [--no-profile]                (or python bench/throughput.py)
+                               [--points 400,800 [--reps 3]] [--relay-set server.write_interval_ms=0,40]
+
+``--points`` runs only those curve points (no single stream, main load or profile), each ``--reps``
+times (default 3, targets alternating), and reports the median of each figure with the runs beside it;
+``--relay-set KEY=V1,V2`` runs every relay target once per value of that config key. Load processes
+write their JSON to a file (a pipe cut 400 clients' results at ~64 KiB).
 """
 
 from __future__ import annotations
@@ -610,6 +616,7 @@ class Target:
     kind: str  # origin | nginx | relay
     splice: bool = True
     frame_hold: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)  # relay config, "section.key" -> value
 
 
 class Running:
@@ -644,7 +651,14 @@ class Running:
         return "/stream/fast" if self.target.kind == "relay" else "/live/fast/x/0.ts"
 
 
-def relay_yaml(tmp: Path, origin_url: str, channels: int, splice: bool, frame_hold: bool = True) -> str:
+def relay_yaml(
+    tmp: Path,
+    origin_url: str,
+    channels: int,
+    splice: bool,
+    frame_hold: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> str:
     acc = {"url": origin_url, "password": "x", "max_connections": 10_000}
     cfg = {
         "server": {"host": HOST, "port": 0, "linger_s": 0, "max_clients": 4096},
@@ -670,13 +684,18 @@ def relay_yaml(tmp: Path, origin_url: str, channels: int, splice: bool, frame_ho
             ),
         ],
     }
+    for key, value in (overrides or {}).items():
+        section, name = key.split(".", 1)
+        cfg.setdefault(section, {})[name] = value  # type: ignore[index]
     return json.dumps(cfg, indent=1)  # JSON is YAML
 
 
 @contextlib.contextmanager
 def start_relay(target: Target, tmp: Path, origin: OriginProc, channels: int) -> Iterator[Running]:
     d = Path(tempfile.mkdtemp(prefix="relay-", dir=tmp))
-    (d / "config.yaml").write_text(relay_yaml(d, origin.url, channels, target.splice, target.frame_hold))
+    (d / "config.yaml").write_text(
+        relay_yaml(d, origin.url, channels, target.splice, target.frame_hold, target.overrides)
+    )
     log = d / "relay.log"
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
@@ -799,17 +818,30 @@ class Sampler(threading.Thread):
 
 
 def spawn_load(spec: dict[str, Any]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        _role_cmd("_load", json.dumps(spec)), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    """A load process; it writes its JSON to a file (a pipe cut 400 clients' results at ~64 KiB)."""
+    fd, out = tempfile.mkstemp(prefix="bench-load-", suffix=".json")
+    os.close(fd)
+    proc = subprocess.Popen(
+        _role_cmd("_load", json.dumps({**spec, "out": out})),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
+    proc.out_path = out  # type: ignore[attr-defined]
+    return proc
 
 
 def collect(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
     try:
-        out, err = proc.communicate(timeout=timeout)
+        _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate(5)
+        _, err = proc.communicate(5)
+    out_path = Path(proc.out_path)  # type: ignore[attr-defined]
+    try:
+        out = out_path.read_bytes() if out_path.exists() else b""
+    finally:
+        out_path.unlink(missing_ok=True)
     if proc.returncode != 0 or not out.strip():
         raise RuntimeError(f"load process failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
     return dict(json.loads(out))
@@ -1160,7 +1192,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "relay (splice off)": "nosplice",
     }
     targets = [t for t in targets if keys[t.name] in args.targets]
-    curve_points = [p for p in args.curve if p != args.clients]
+    for key, values in args.relay_set:  # each relay target once per value of the setting
+        targets = [
+            *(t for t in targets if t.kind != "relay"),
+            *(
+                Target(f"{t.name} [{key}={v}]", t.kind, t.splice, t.frame_hold, {**t.overrides, key: v})
+                for t in targets
+                if t.kind == "relay"
+                for v in values
+            ),
+        ]
+    points_only = args.points is not None
+    if points_only:  # only these curve points: no single stream, no main load, no profile
+        args.curve = args.points
+    curve_points = [p for p in args.curve if points_only or p != args.clients]
     max_channels = max([args.channels, *(max(1, p // 4) for p in args.curve)])
     single: dict[str, Any] = {}
     load: dict[str, Any] = {}
@@ -1172,13 +1217,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-throughput-") as d:
             tmp = Path(d)
-            for t in targets:
+            for t in [] if points_only else targets:
                 progress(f"single stream: {t.name}")
                 with start_target(t, tmp, origin, nginx, max_channels) as run:
                     single[t.name] = run_single(run, origin, args.single_s, args.single_bytes)
             if args.single_only:
                 return _single_report(single, time.perf_counter() - t_start)
-            for t in targets:
+            for t in [] if points_only else targets:
                 progress(
                     f"load {args.clients} clients / {args.channels} channels / {args.seconds} s: {t.name}"
                 )
@@ -1194,13 +1239,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                         joins=args.joins,
                         join_read_s=join_read_s,
                     )
-            for n in sorted({*curve_points, args.clients}):
+            for n in sorted({*curve_points, *([] if points_only else [args.clients])}):
                 row: dict[str, Any] = {"clients": n, "channels": max(1, n // 4)}
-                for t in targets:
-                    if n == args.clients:
-                        r = load[t.name]
-                    else:
-                        progress(f"curve {n} clients: {t.name}")
+                runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+                # repetitions alternate the targets (A B C A B C ...), so drift hits them alike
+                for rep in range(1 if n == args.clients and not points_only else args.reps):
+                    for t in targets:
+                        if n == args.clients and not points_only:
+                            runs[t.name].append(load[t.name])
+                            continue
+                        progress(f"curve {n} clients, repetition {rep + 1}/{args.reps}: {t.name}")
                         try:
                             with start_target(t, tmp, origin, nginx, max_channels) as run:
                                 r = run_many(
@@ -1214,24 +1262,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                     joins=0,
                                 )
                         except RuntimeError as e:
-                            row[t.name] = {"error": str(e)[:500]}
+                            runs[t.name].append({"error": str(e)[:500]})
                             continue
-                    row[t.name] = {
-                        k: r[k]
-                        for k in (
-                            "proxy_cpu_pct",
-                            "proxy_rss_peak_MB",
-                            "kept_rate_fraction",
-                            "worst_stall_ms",
-                            "errors",
-                            "origin_connections",
-                            "delivered_MBps",
-                            "origin_cpu_pct",
-                        )
-                    }
-                    row[t.name]["origin_connections"] = r["origin_connections"]["peak_open"]
+                        runs[t.name].append(r)
+                for t in targets:
+                    row[t.name] = _curve_cell(runs[t.name])
                 curve.append(row)
-            if pyspy_ok:
+            if pyspy_ok and not points_only:
                 for t in targets:
                     if t.kind != "relay":
                         continue
@@ -1291,10 +1328,48 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "curve": curve,
         "profile": profile,
         "targets": {r: evaluate(single, load, r) for r in relays}
-        if nginx
-        else "nginx unavailable: no ratios",
+        if nginx and not points_only
+        else "nginx unavailable or --points: no ratios",
         "seconds": round(time.perf_counter() - t_start, 1),
     }
+
+
+CURVE_KEYS = (
+    "proxy_cpu_pct",
+    "proxy_rss_peak_MB",
+    "kept_rate_fraction",
+    "worst_stall_ms",
+    "errors",
+    "delivered_MBps",
+    "origin_cpu_pct",
+    "machine_cpu_pct",
+)
+
+
+def _curve_cell(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One curve point of one target: the median of each figure over its repetitions, and each run."""
+    ok = [r for r in runs if "error" not in r]
+    flat = [
+        {
+            **{k: r[k] for k in CURVE_KEYS},
+            "origin_connections": r["origin_connections"]["peak_open"],
+            "chunk_latency_p50_ms": r["chunk_latency_ms"]["p50"],
+            "chunk_latency_p99_ms": r["chunk_latency_ms"]["p99"],
+        }
+        for r in ok
+    ]
+    cell: dict[str, Any] = {"repetitions": len(flat)}
+    for k in flat[0] if flat else ():
+        xs = [f[k] for f in flat if f[k] is not None]
+        cell[k] = round(statistics.median(xs), 3) if xs else None
+    if len(flat) > 1:
+        cell["runs"] = {
+            k: [f[k] for f in flat] for k in ("proxy_cpu_pct", "worst_stall_ms", "chunk_latency_p99_ms")
+        }
+    errors = [r["error"] for r in runs if "error" in r]
+    if errors:
+        cell["failed_runs"] = errors
+    return cell
 
 
 def _single_report(single: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -1335,7 +1410,17 @@ def _run_role(argv: list[str]) -> None:
     else:
         spec = json.loads(argv[1])
         out = uvloop.run(asyncio.wait_for(load_main(spec), max(1.0, spec["deadline"] + 5 - time.monotonic())))
-        sys.stdout.write(json.dumps(out))
+        tmp = spec["out"] + ".part"
+        Path(tmp).write_text(json.dumps(out))
+        os.replace(tmp, spec["out"])  # whole or absent: never a cut JSON
+
+
+def _value(text: str) -> Any:
+    """A --relay-set value: JSON when it parses (numbers, true/false), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def cli() -> None:
@@ -1351,6 +1436,19 @@ def cli() -> None:
         "--curve", type=lambda s: [int(x) for x in s.split(",") if x], help="e.g. 10,50,100,200,400"
     )
     ap.add_argument("--curve-s", type=float)
+    ap.add_argument(
+        "--points",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        help="run only these curve points (client counts), e.g. 400,800: no single stream, load or profile",
+    )
+    ap.add_argument("--reps", type=int, default=3, help="repetitions per curve point; the median is reported")
+    ap.add_argument(
+        "--relay-set",
+        action="append",
+        default=[],
+        type=lambda s: (s.split("=", 1)[0], [_value(v) for v in s.split("=", 1)[1].split(",")]),
+        help="run each relay target once per value, e.g. server.write_interval_ms=0,20,40 (repeatable)",
+    )
     ap.add_argument("--single-s", type=float)
     ap.add_argument("--single-bytes", type=float, default=2e9)
     ap.add_argument("--joins", type=int, default=20)

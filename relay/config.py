@@ -53,6 +53,13 @@ class ServerConfig(_Model):
     linger_s: float = Field(5.0, ge=0)  # keep an upstream this long after its last client leaves
     client_buffer_bytes: int = Field(4 << 20, ge=64 << 10)  # a client this far behind the others is dropped
     client_stall_s: float = Field(30.0, gt=0)  # a client that reads nothing this long frees its provider slot
+    # a viewer joining a running session gets PAT/PMT and the session's last GOP (from its last keyframe)
+    # at once, kept up to this many bytes (a longer GOP: the joiner waits for the next keyframe); 0 = off
+    join_gop_bytes: int = Field(3 << 20, ge=0)
+    # gather a channel's output into one write per viewer per this interval (or write_coalesce_bytes):
+    # fewer syscalls, at the cost of up to one interval more between two writes; 0 = a write per read
+    write_interval_ms: float = Field(0.0, ge=0, le=1000)
+    write_coalesce_bytes: int = Field(64 << 10, ge=1)  # ... or write as soon as this much is gathered
     max_clients: int = Field(1024, ge=1)  # open client connections; beyond it 503, so fds stay bounded
 
 
@@ -106,6 +113,13 @@ class FailoverConfig(_Model):
     transcode: bool = True
     keyframe_wait_s: float = Field(1.0, ge=0)  # after a switch, wait at most this for a keyframe
     no_video_s: float = Field(3.0, gt=0)  # video silent this long while audio flows = NoVideo failure
+    # no video and no audio PES this long while packets flow (nulls, PSI only, a PMT never resolved) =
+    # NoMedia: a zombie upstream that answers 200 and sends valid TS without a program in it
+    no_media_s: float = Field(3.0, gt=0)
+    # media time (PCR/PTS clock) delivered against wall time over this window; below slow_ratio =
+    # StreamSlow, switched make-before-break (a stream at 0.7x never stalls, yet every player rebuffers)
+    slow_window_s: float = Field(10.0, ge=1)
+    slow_ratio: float = Field(0.9, gt=0, lt=1)
     # HLS: a master playlist's variant with the highest BANDWIDTH up to this (bits/s); None = the best
     hls_max_bandwidth: int | None = Field(None, ge=1)
     hls_live_edge: float = Field(3.0, ge=1)  # HLS: start this many target durations before the end (RFC)

@@ -49,6 +49,9 @@ class Ok:
     ``loop=False`` plays the file once and ends cleanly, like a panel's short "channel offline" clip.
     ``prebuffer`` seconds of media are sent immediately, like providers that burst on connect.
     ``offset`` starts that many bytes into the file (rounded down to a packet), i.e. joining mid-stream.
+    ``zombie`` keeps the pace and the bytes but no media from body byte ``zombie_after`` on: "null"
+    sends only null packets, "pat" only the PAT (its PMT never comes), "psi" only PAT and PMT (the
+    PMT's PIDs never arrive); every other packet becomes a null packet. A valid TS with nothing in it.
     """
 
     chunked: bool = False
@@ -59,6 +62,8 @@ class Ok:
     prebuffer: float = 0.0
     offset: int = 0
     content_type: str = "video/mp2t"
+    zombie: Literal["null", "pat", "psi"] | None = None
+    zombie_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,33 @@ def redirect(
 def drop_after(n_bytes: int, **kw: Any) -> Ok:
     """Stream normally, then close the TCP connection (FIN) after ``n_bytes`` of body."""
     return Ok(drop_after=n_bytes, **kw)
+
+
+def zombie(shape: Literal["null", "pat", "psi"], after: int = 0, **kw: Any) -> Ok:
+    """Valid TS at the stream's pace with no media in it (see :class:`Ok`), from body byte ``after``."""
+    return Ok(zombie=shape, zombie_after=after, **kw)
+
+
+NULL_TS = b"\x47\x1f\xff\x10" + b"\xff" * 184
+
+
+def _pmt_pid(data: bytes | memoryview) -> int | None:
+    """The first program's PMT PID in the file's first PAT."""
+    for off in range(0, len(data) - TS_PACKET + 1, TS_PACKET):
+        if data[off + 1] & 0x5F == 0x40 and data[off + 2] == 0:
+            p = off + 4 + (1 + data[off + 4] if data[off + 3] & 0x20 else 0)
+            p += 1 + data[p]  # pointer_field
+            return ((data[p + 10] & 0x1F) << 8) | data[p + 11]
+    return None
+
+
+def _zombify(chunk: bytearray, shape: str, first: int, after: int, pmt_pid: int | None) -> None:
+    """In place: the packets of ``chunk`` from body byte ``after`` on (it starts at ``first``)."""
+    keep = {"null": set(), "pat": {0}, "psi": {0, pmt_pid}}[shape]
+    start = max(0, after - first)
+    for off in range(start + -start % TS_PACKET, len(chunk) - TS_PACKET + 1, TS_PACKET):
+        if ((chunk[off + 1] & 0x1F) << 8 | chunk[off + 2]) not in keep:
+            chunk[off : off + TS_PACKET] = NULL_TS
 
 
 def stall_after(n_bytes: int, **kw: Any) -> Ok:
@@ -642,6 +674,8 @@ class FakeProvider:
                     take = min(n - len(chunk), size - pos)
                     chunk += data[pos : pos + take]
                     pos = (pos + take) % size
+                if ok.zombie is not None and conn.body_bytes + n > ok.zombie_after:
+                    _zombify(chunk, ok.zombie, conn.body_bytes, ok.zombie_after, _pmt_pid(data))
                 if ok.chunked:
                     writer.write(b"%x\r\n%s\r\n" % (n, bytes(chunk)))
                 else:

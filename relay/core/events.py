@@ -145,6 +145,27 @@ class Failover(SwitchEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TuneFailover(StreamEvent):
+    """A session started on a lower candidate because better ones failed at tune (or were slower):
+    a failover before the first byte, at warn so a dead primary is alerted on. `from_stream` is the
+    best candidate, `reason` its failure; `failures` names every better one (Slower: it had not
+    answered when a lower one won)."""
+
+    kind = "tune_failover"
+    level = "warn"
+    category = "failover"
+    ttfb_ms: float
+    skipped: tuple[str, ...] = _optional(())
+    failures: tuple[Failure, ...] = ()
+
+    def message(self) -> str:
+        return (
+            f"{self.channel}: tuned {self.to_stream} instead of {self.from_stream} ({self.reason})"
+            f" in {self.ttfb_ms} ms"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Upgrade(SwitchEvent):
     kind = "upgrade"
     level = "info"
@@ -383,6 +404,7 @@ KINDS: tuple[type[Event], ...] = (
     SessionStart,
     SessionEnd,
     Failover,
+    TuneFailover,
     Upgrade,
     UpgradeFailed,
     Exhausted,

@@ -29,6 +29,10 @@ The rules, in one place:
   a round that tries the better stream, then the one we had.
 - An account never holds more connections than its `max_connections` (the provider would kill the
   oldest, i.e. the stream we are protecting): a candidate on a full account waits or is skipped.
+- Slow (StreamSlow, the shell's measure of media time against wall time): the other candidates are
+  probed best first, one at a time, while the slow stream plays on (make-before-break, like an
+  upgrade probe, never past an account's slots); the first to deliver packets takes over with a
+  `failover` event. If none does, the slow stream stays.
 - Every switch starts the new stream with fresh health state; only the per-stream failure time
   survives, in the shared HealthMemory.
 - A switch's event (failover, upgrade) is finished only when the shell reports that the new
@@ -62,6 +66,10 @@ class Reason(enum.StrEnum):
     NO_VIDEO = "NoVideo"
     ACCOUNT_FULL = "AccountFull"
     LEDGER_UNAVAILABLE = "LedgerUnavailable"  # a cluster's lease store could not be asked: not tried
+    NO_MEDIA = "NoMedia"  # no video and no audio PES (or no elementary streams) for no_media_s
+    STREAM_SLOW = "StreamSlow"  # media time arrives slower than real time (slow_ratio over slow_window_s)
+    SLOWER = "Slower"  # at tune: still connecting when a lower candidate won
+    COOLDOWN = "Cooldown"  # at tune: failed recently, so tried last, and a lower one won first
 
 
 # Reasons that say nothing about the stream itself: no cooldown for it
@@ -310,6 +318,8 @@ class _Round:
 class _Upgrade:
     targets: list[Candidate]
     attempted: list[str] = field(default_factory=list)
+    kind: str = "upgrade"  # "upgrade" (a better stream) | "slow" (away from a slow one, any other)
+    started_at: float = 0.0
     last_reason: Reason | None = None
     last_status: int | None = None
 
@@ -426,6 +436,22 @@ class FailoverMachine:
             return []
         return self.failed(self.current.id, reason, now)
 
+    def slow(self, now: float) -> list[Action]:
+        """The current stream arrives slower than real time: probe the others (make-before-break)."""
+        cur = self.current
+        if cur is None or self._state is not State.STREAMING or self._upgrade is not None:
+            return []
+        others = [c for c in self.candidates if c != cur.candidate]
+        if not others:
+            return []
+        self.health.failed(cur.candidate.ref, now)
+        healthy = [c for c in others if not self._cooling(c, now)]
+        cooling = [c for c in others if self._cooling(c, now)]
+        self._upgrade = _Upgrade(healthy + cooling, kind="slow", started_at=now)
+        out: list[Action] = []
+        self._probe_next(now, out)
+        return out
+
     def entry_pending(self, log: Log, now: float) -> list[Log]:
         """The shell carried out the switch `log` announced, and the new stream's entry has not gone
         out yet: the event waits for `entry_sent`. Returns the one that was waiting, unfinished."""
@@ -489,6 +515,7 @@ class FailoverMachine:
             elif (
                 due is _Due.UPGRADE
                 and self._round is None
+                and self._upgrade is None
                 and self._upgrade_at is not None
                 and now >= self._upgrade_at
             ):
@@ -643,6 +670,7 @@ class FailoverMachine:
     def _win(self, a: _Attempt, now: float, out: list[Action]) -> None:
         rnd = self._round
         assert rnd is not None
+        slower = {o.candidate.ref for o in self._round_attempts() if o is not a}
         for other in self._round_attempts():
             if other is not a:
                 self._drop(other, now, out, failed=False)
@@ -668,6 +696,8 @@ class FailoverMachine:
                     )
                 )
             )
+            if (tuned := self._tune_failover(a, rnd, slower, now)) is not None:
+                out.append(Log(tuned))
         elif rnd.kind == "upgrade" and rnd.upgrade_target is not None:
             assert rnd.from_candidate is not None
             if a.candidate == rnd.upgrade_target:
@@ -718,6 +748,38 @@ class FailoverMachine:
                 )
             )
         self._arm_upgrade(now)
+
+    def _tune_failover(
+        self, a: _Attempt, rnd: _Round, slower: set[str], now: float
+    ) -> ev.TuneFailover | None:
+        """The start round won on a lower candidate: what happened to each better one, as a failover."""
+        better = [c for c in self.candidates if c.rank < a.candidate.rank]
+        if not better:
+            return None
+        failed = {f.stream: f for f in rnd.failures}
+        skipped = set(rnd.skipped)
+        why: list[ev.Failure] = []
+        for c in better:
+            if c.ref in failed:
+                why.append(failed[c.ref])
+            elif c.ref in slower:
+                why.append(ev.Failure(c.ref, str(Reason.SLOWER), None))
+            elif c.ref in skipped:
+                why.append(ev.Failure(c.ref, str(Reason.ACCOUNT_FULL), None))
+            else:  # cooling, queued last, not reached before a lower one won
+                why.append(ev.Failure(c.ref, str(Reason.COOLDOWN), None))
+        best = why[0]
+        return ev.TuneFailover(
+            channel=self.channel,
+            from_stream=best.stream,
+            to_stream=a.candidate.ref,
+            reason=best.reason,
+            attempted=tuple(rnd.attempted),
+            http_status=best.http_status,
+            ttfb_ms=_ms(now - rnd.started_at),
+            skipped=tuple(rnd.skipped),
+            failures=tuple(why),
+        )
 
     def _exhaust(self, now: float, out: list[Action]) -> None:
         rnd = self._round
@@ -825,11 +887,17 @@ class FailoverMachine:
             if self.slots.free(target.account) > 0:
                 self._open(target, now, out, probe=True)
                 return
-            if target.account == cur.candidate.account and self.slots.limits.get(target.account, 1) == 1:
+            if (
+                up.kind == "upgrade"
+                and target.account == cur.candidate.account
+                and self.slots.limits.get(target.account, 1) == 1
+            ):
                 self._break_before_make(target, up, now, out)
                 return
             up.last_reason = Reason.ACCOUNT_FULL
         self._upgrade = None
+        if up.kind == "slow":
+            return  # nothing else delivers: the slow stream stays (the shell measures it afresh)
         out.append(
             Log(
                 ev.UpgradeFailed(
@@ -872,8 +940,25 @@ class FailoverMachine:
         a.probe = False
         self.current = a
         self._last_data = now
-        self.upgrades += 1
         out.append(Switch(a.id, a.candidate))
+        if up is not None and up.kind == "slow":
+            self.failovers += 1
+            out.append(
+                Log(
+                    ev.Failover(
+                        channel=self.channel,
+                        from_stream=cur.candidate.ref if cur else None,
+                        to_stream=a.candidate.ref,
+                        reason=str(Reason.STREAM_SLOW),
+                        attempted=tuple(up.attempted),
+                        switch_ms=_ms(now - up.started_at),
+                    ),
+                    until_entry=True,
+                )
+            )
+            self._arm_upgrade(now)
+            return
+        self.upgrades += 1
         out.append(
             Log(
                 ev.Upgrade(

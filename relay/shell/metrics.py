@@ -49,8 +49,11 @@ class Metrics:
         self.exhausted = 0
         self.last_failover: dict[str, dict[str, Any]] = {}
         r = self.registry
-        labels = ["reason", "channel"] if self.channel_label else ["reason"]  # metrics.channel_label
-        self.failovers = Counter("relay_failovers", "Recovered failovers by reason", labels, registry=r)
+        labels = ["reason", "phase", "channel"] if self.channel_label else ["reason", "phase"]
+        # phase: tune (before the first byte) or stream; channel: metrics.channel_label
+        self.failovers = Counter(
+            "relay_failovers", "Recovered failovers by reason and phase", labels, registry=r
+        )
         self.exhaustions = Counter("relay_exhaustions", "Channels whose every stream failed", registry=r)
         self.upgrades = Counter("relay_upgrades", "Returns to a better stream", registry=r)
         self.upgrade_failures = Counter("relay_upgrade_failures", "Upgrade probes that failed", registry=r)
@@ -85,13 +88,17 @@ class Metrics:
         """EventLog listener: count what happened (a coalesced record counts as its `repeated`)."""
         name = e.get("event")
         n = e.get("repeated", 1)
-        if name == "failover":
+        if name in ("failover", "tune_failover"):
             self.recovered += 1
             reason = e.get("reason") or "unknown"
+            phase = "tune" if name == "tune_failover" else "stream"
             if self.channel_label:
-                self.failovers.labels(reason=reason, channel=self._channel_label(e.get("channel"))).inc()
+                ch = self._channel_label(e.get("channel"))
+                self.failovers.labels(reason=reason, phase=phase, channel=ch).inc()
             else:
-                self.failovers.labels(reason=reason).inc()
+                self.failovers.labels(reason=reason, phase=phase).inc()
+            if name == "tune_failover":
+                return
             if isinstance(e.get("switch_ms"), int | float):
                 self.switch_seconds.observe(e["switch_ms"] / 1000)
             self.last_failover[e.get("channel") or ""] = {

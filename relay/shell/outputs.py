@@ -8,6 +8,9 @@ upstream would start mid-GOP). A viewer whose write buffer falls more than `clie
 behind is dropped, with an event, so it never slows the others; one that stays paused (reads
 nothing) for `client_stall_s` is dropped too, so it cannot hold a provider slot forever.
 
+With `server.write_interval_ms` > 0 the reads are gathered first (relay/shell/coalesce.py) and go
+out as one chunk per interval (or per `server.write_coalesce_bytes`): fewer writes per viewer.
+
 Must never: copy or re-frame per viewer, block, or let one viewer hold back the others.
 """
 
@@ -19,6 +22,7 @@ from typing import Protocol
 
 from relay.core import events, http11
 from relay.core.flow import FlowControl
+from relay.shell.coalesce import Coalescer
 from relay.ts import Splicer
 
 
@@ -55,6 +59,8 @@ class Outputs:
         stall_s: float,
         emit: Callable[[events.Event], object],
         on_drop: Callable[[Output, str], None],
+        write_interval_s: float = 0.0,
+        write_bytes: int = 64 << 10,
     ) -> None:
         self.channel = channel
         self.viewers: list[Output] = []
@@ -72,6 +78,10 @@ class Outputs:
         # upstream would start mid-GOP) instead of waiting for the next read
         self._recent: tuple[list[bytes | memoryview], int] | None = None
         self._stalls: dict[int, asyncio.TimerHandle] = {}  # paused viewers: when they get dropped
+        # gathers reads into one write per interval; None: a write per read
+        self.coalescer = (
+            Coalescer(loop, write_interval_s, write_bytes, self._fanout) if write_interval_s > 0 else None
+        )
 
     def __len__(self) -> int:
         return len(self.viewers)
@@ -84,19 +94,25 @@ class Outputs:
 
     # ---- joining and leaving ----------------------------------------------------------------------
 
-    def add(self, out: Output) -> None:
-        """A viewer joins; if the stream already runs: the head and PAT/PMT now, then from a keyframe."""
+    def add(self, out: Output, gop: list[bytes | memoryview] | None = None) -> None:
+        """A viewer joins; if the stream already runs: the head and PAT/PMT now, then the session's
+        last GOP (`gop`, relay/ts/gop.py) and the live data, or without one from the next keyframe."""
         self.viewers.append(out)
         self.flow.add(id(out))
         if not self.started:
             return
         out.start_stream()
+        if not self._splicer.enabled and self.coalescer is not None:
+            self.coalescer.flush()  # `_recent` is then the last read, and nothing waits behind it
         if not self._splicer.enabled and self._recent is not None:
             out.send(*self._recent)  # whole packets: the demuxer waits for the stream's own PSI
             return
         intro = self._splicer.join_prefix()
         if intro:
             out.send([memoryview(intro)], len(intro))
+        if intro and gop:  # issue 15, instant zap: the last GOP at once, then live
+            out.send(gop, sum(len(g) for g in gop))
+            return
         self._joining.add(id(out))
 
     def remove(self, out: Output) -> bool:
@@ -117,11 +133,15 @@ class Outputs:
 
     def take_all(self) -> list[Output]:
         """The session ends: every viewer, no longer one (the caller finishes or aborts them)."""
+        self.flush()
         outs, self.viewers = self.viewers, []
         self._joining.clear()
         return outs
 
     def close(self) -> None:
+        if self.coalescer is not None:
+            self.coalescer.flush()  # the viewers still here get what was gathered
+            self.coalescer.close()
         for timer in self._stalls.values():
             timer.cancel()
         self._stalls.clear()
@@ -159,9 +179,21 @@ class Outputs:
     # ---- the fan-out (the hot path) ---------------------------------------------------------------
 
     def write(self, views: list[bytes | memoryview]) -> None:
-        """What the splice let go, to every viewer: framed once, sent by reference."""
+        """What the splice let go, to every viewer (gathered first when coalescing)."""
         size = sum(len(v) for v in views) if len(views) > 1 else len(views[0])
-        self.bytes_out += size
+        self.bytes_out += size  # relayed now, whenever it goes out
+        if self.coalescer is not None:
+            self.coalescer.add(views, size)
+        else:
+            self._fanout(views, size)
+
+    def flush(self) -> None:
+        """What is gathered goes out now (a no-op without coalescing)."""
+        if self.coalescer is not None:
+            self.coalescer.flush()
+
+    def _fanout(self, views: list[bytes | memoryview], size: int) -> None:
+        """To every viewer: framed once, sent by reference."""
         limit = self._limit
         framed = http11.chunk(views, size)  # once per read, whatever the number of viewers
         if not self._splicer.enabled:
@@ -188,6 +220,7 @@ class Outputs:
 
     def bridge(self, data: bytes) -> None:
         """Null packets (and PSI) over a gap, to every viewer already past its join."""
+        self.flush()  # what came before the gap first
         for out in self.viewers:
             if id(out) not in self._joining:
                 out.send([memoryview(data)], len(data))

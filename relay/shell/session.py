@@ -2,8 +2,8 @@
 
 One session per channel, shared by every viewer of it: it owns the upstream attempts, carries out
 the machine's actions (open, close, switch, record, exhausted), runs its one clock timer and the
-keepalive poll (null packets over a gap, the splice's lag, NoVideo), and passes the current
-upstream's packets through the splice. The session outlives its last viewer by `server.linger_s`
+keepalive poll (null packets over a gap, the splice's lag, NoMedia/NoVideo, StreamSlow), and passes
+the current upstream's packets through the splice. The session outlives its last viewer by `server.linger_s`
 (a quick return, or Plex's retune, reuses it). Its parts live next to it: the viewers and their
 fan-out in relay/shell/outputs.py, the re-encoders in relay/shell/transcode.py; decisions are made
 in relay/core/failover.py. This module only translates between sockets, time and those decisions.
@@ -48,6 +48,7 @@ from relay.sources import streams
 from relay.sources.tls import account_tls_context, tls_context
 from relay.storage.eventlog import EventLog
 from relay.ts import Splicer
+from relay.ts.gop import GopCache
 
 PENDING_LIMIT = 1 << 20  # bytes a not-yet-chosen attempt may buffer before it is paused
 KEEPALIVE_S = 0.25  # how often a silent client is fed null packets, and content health is checked
@@ -110,6 +111,9 @@ class ChannelSession:
             fo.keyframe_wait_s,
             fo.no_video_s,
             enabled=fo.splice,
+            no_media_s=fo.no_media_s,
+            slow_window_s=fo.slow_window_s,
+            slow_ratio=fo.slow_ratio,
             frame_hold=fo.frame_hold,
             transcodable=self.transcoders.can if self.transcoders.ffmpeg else None,
         )
@@ -123,8 +127,11 @@ class ChannelSession:
             stall_s=server.client_stall_s,
             emit=shared.events.emit,
             on_drop=self.remove_output,
+            write_interval_s=server.write_interval_ms / 1000,
+            write_bytes=server.write_coalesce_bytes,
         )
         self.flow = self.outputs.flow
+        self.gop = GopCache(server.join_gop_bytes)  # a joiner's instant start (relay/ts/gop.py)
         self._keepalive: asyncio.TimerHandle | None = None
         self._last_out = 0.0
         # cluster hook: each Open waits for a lease first (relay.cluster.leases)
@@ -182,7 +189,8 @@ class ChannelSession:
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
-        self.outputs.add(out)
+        gop = self.gop.snapshot(self.splicer.psi_pids) if self.outputs.started else None
+        self.outputs.add(out, gop)
 
     def remove_output(self, out: Output, reason: str = "ClientGone") -> None:
         self.outputs.remove(out)
@@ -207,6 +215,7 @@ class ChannelSession:
 
     def _resume_upstream(self) -> None:
         self.machine.resumed(self.shared.clock())
+        self.splicer.slowness.reset()  # held back on purpose: not the provider's slowness
         if self.current is not None:
             self.current.resume_reading()
         self._arm()
@@ -274,6 +283,8 @@ class ChannelSession:
         self._run(self.machine.packets(attempt, self.shared.clock()))
 
     def on_failed(self, attempt: int, reason: Reason, status: int | None) -> None:
+        if self.current is not None and self.current.id == attempt:
+            self.outputs.flush()  # nothing more comes from it: what was gathered goes out now
         self._run(self.machine.failed(attempt, reason, self.shared.clock(), status))
 
     def on_discontinuity(self, attempt: int) -> None:
@@ -281,7 +292,7 @@ class ChannelSession:
         cur = self.current
         if cur is not None and cur.id == attempt:
             if self.started:
-                self.splicer.switch(self.shared.clock())
+                self._splice_switch(self.shared.clock())
         elif (att := self.attempts.get(attempt)) is not None:
             att.pending, att.pending_bytes = [], 0  # what came before the break never goes out
 
@@ -369,7 +380,7 @@ class ChannelSession:
             self.outputs.start()
             self._keepalive = self.loop.call_later(KEEPALIVE_S, self._keepalive_tick)
         else:
-            self.splicer.switch(now)
+            self._splice_switch(now)
         pending, att.pending, att.pending_bytes = att.pending, [], 0
         if pending:
             self._send(pending, now)
@@ -377,6 +388,11 @@ class ChannelSession:
             self._pause_upstream()
         else:
             att.resume_reading()
+
+    def _splice_switch(self, now: float) -> None:
+        """The splice takes a new upstream from here on; the joiners' GOP starts again at its entry."""
+        self.splicer.switch(now)
+        self.gop.clear()
 
     def _send(self, views: list[memoryview], now: float, region: tuple[bytearray, int] | None = None) -> None:
         """The current upstream's packets through the splice to every client, by reference."""
@@ -390,8 +406,12 @@ class ChannelSession:
     def _spliced_out(self, out: list[bytes | memoryview], now: float) -> None:
         """The splice let `out` go; a switch event waiting for the backup's entry goes with it."""
         self._last_out = now
+        self.gop.add(out, self.splicer.video_stream)
         self.outputs.write(out)
+        if self.splicer.entry_streaming:
+            self.outputs.flush()  # the first picture after a switch or a tune: now, not at the interval
         if self.machine.awaiting_entry and self.splicer.entry_sent:
+            self.outputs.flush()  # the backup's entry goes out now, not at the next interval
             self._record(self.machine.entry_sent(now))
 
     # ---- re-encoding a backup in other codecs ------------------------------------------------
@@ -400,7 +420,7 @@ class ChannelSession:
         """The current upstream brings other codecs: from here on its bytes go through ffmpeg."""
         want, have = self.splicer.output_types(), self.splicer.upstream_types()
         tx = self.transcoders.start(attempt, want, have)
-        self.splicer.switch(now)  # its re-encoded output enters like a new upstream
+        self._splice_switch(now)  # its re-encoded output enters like a new upstream
         tx.write(views)
         cur = self.machine.current_candidate
         self.shared.events.emit(
@@ -447,8 +467,11 @@ class ChannelSession:
             if bridge:
                 self._last_out = now
                 self.outputs.bridge(bridge)
-        if self.current is not None and self.splicer.health(now) == Reason.NO_VIDEO:
-            self._run(self.machine.content_failed(Reason.NO_VIDEO, now))
+        if self.current is not None and (why := self.splicer.health(now)) is not None:
+            self._run(self.machine.content_failed(Reason(why), now))  # NoMedia, NoVideo
+        elif self.current is not None and not self.flow.paused and self.splicer.slowness.slow(now):
+            self.splicer.slowness.reset()  # one search a window: measured afresh meanwhile
+            self._run(self.machine.slow(now))  # StreamSlow: make-before-break
 
     def _exhausted(self, started: bool) -> None:
         self.exhausted = True

@@ -13,9 +13,13 @@
   plus one spare (at most ``lag_bytes_max``): each read lets out the read that many reads before it,
   so bytes leave at the pace they came. Counting reads, not seconds, matters: compared at jittery read
   times, a lag in seconds lets out nothing at one read and two at the next, doubling a gap. After a
-  switch the lag starts at zero: the entry keyframe is held whole during the switch anyway, and that
-  hold is the new lag. ``Splicer.poll(now)`` lets out what trailed by the lag once the upstream went
-  silent.
+  switch (and at tune) the lag starts at zero and the entry keyframe and the frame after it are not
+  held: they stream as they arrive (``start_pes(stream=True)``), so the first picture costs what a
+  direct reconnect costs; their arrival still teaches the lag, which is then grown a read at a time
+  (``RAMP_READS``: gaps of two reads, never one pause of the whole lag). ``Splicer.poll(now)`` lets
+  out what trailed by the lag once the upstream went silent.
+- An entry frame that streamed is not dropped at a switch: if a backup dies inside its first frame,
+  the client has the start of that frame (one broken picture) and then the next upstream's entry.
 
 The held output is a deque of (output index, segment): memoryviews of the upstream's reads (rewritten
 in place) and our own PSI packets (bytearrays, numbered when they go out, relay/ts/continuity.py).
@@ -39,6 +43,9 @@ LAG_MIN_HOLD_S = 0.005  # a frame held for less than this leaves no gap worth a 
 # until a keyframe's hold was learned (an entry mid-GOP, after keyframe_wait_s), the lag is at least
 # this: learned from small frames alone, the first keyframe would outgrow it and leave a gap
 LAG_PRIOR_S = 0.1
+# after a streamed entry frame the lag grows one read per this many reads, from the read after the one
+# that taught it: the client gets gaps of two reads instead of one pause of the whole lag
+RAMP_READS = 2
 
 Segment = memoryview | bytearray
 
@@ -63,6 +70,7 @@ class Lag:
 
     __slots__ = (
         "_arrivals",
+        "_deferred",
         "_due",
         "_keep",
         "_lag_packets",
@@ -83,6 +91,8 @@ class Lag:
         self._step = 0.0  # average time between reads
         self._keep = 0  # the lag in reads
         self._last_feed: float | None = None
+        # after a streamed entry: (the lag in reads it grows to, the read of its last step)
+        self._deferred: tuple[int, int] | None = None
 
     @property
     def lag_s(self) -> float:
@@ -98,6 +108,10 @@ class Lag:
         """A read was fed: the held output now ends at ``out_next``."""
         self._arrivals.append((out_next, now))
         self.reads += 1
+        if self._deferred is not None and self.reads >= self._deferred[1] + RAMP_READS:
+            target = self._deferred[0]  # a read at a time: each step is one read with nothing out
+            self._keep += 1
+            self._deferred = (target, self.reads) if self._keep < target else None
         if self._last_feed is not None:
             gap = min(now - self._last_feed, 0.1)
             self._step = gap if self._step <= 0 else self._step + (gap - self._step) / 4
@@ -106,6 +120,7 @@ class Lag:
     def restart(self) -> None:
         """At a switch: the new upstream's frames teach the lag again, from zero."""
         self._keep = 0
+        self._deferred = None
         self._spans.clear()
 
     def forget(self) -> None:
@@ -156,7 +171,7 @@ class Lag:
             upto = end
         return out_next
 
-    def learn(self, reads: int, now: float, keyframe_held: bool) -> None:
+    def learn(self, reads: int, now: float, keyframe_held: bool, defer: bool = False) -> None:
         """A frame was held for ``reads`` reads before it was complete: keep that many reads back.
 
         Held frames then leave at the pace they arrived instead of in a burst after a gap (a 62 kB
@@ -164,6 +179,9 @@ class Lag:
         without bytes for that long). Counted in reads, with one to spare: each step up is itself
         one read with nothing to let out, so it steps up only for a frame the count did not cover.
         ``keyframe_held``: a keyframe's hold was learned already (else LAG_PRIOR_S is the floor).
+        ``defer``: the frame streamed (an entry): a longer lag is reached a read at a time
+        (``RAMP_READS``), from the read after this one, so the read that completes the entry frame goes
+        out at once and learning the lag leaves no long gap; what is learned meanwhile joins the ramp.
         """
         spans = self._spans
         while spans and spans[-1][1] <= reads:
@@ -175,7 +193,12 @@ class Lag:
         if not keyframe_held and self._step > 0:
             need = max(need, math.ceil(LAG_PRIOR_S / self._step) - 1)
         if need > self._keep or need + 2 < self._keep:
-            self._keep = need + 1 if need else 0
+            keep = need + 1 if need else 0
+            if (defer or self._deferred is not None) and keep > self._keep:
+                self._deferred = (keep, self._deferred[1] if self._deferred else self.reads)
+            else:
+                self._keep = keep
+                self._deferred = None
 
 
 class Hold:
@@ -228,17 +251,23 @@ class Hold:
         out_index: int,
         now: float,
         chunk: int,
+        stream: bool = False,
     ) -> None:
-        """A video or audio PES begins at output ``out_index``: hold it; a video one ends the one before."""
+        """A video or audio PES begins at output ``out_index``: hold it; a video one ends the one before.
+
+        ``stream``: an entry frame, let out as it arrives; its arrival is still learned by the lag.
+        """
         o = route.out
         if route.kind == "video":
-            if o.pes_start is not None:  # the frame before this one is complete
+            if o.pes_start is not None or o.pes_streamed:  # the frame before this one is complete
                 lag = self.lag
                 held = now - o.pes_start_time >= LAG_MIN_HOLD_S  # a burst of reads: no one waited
                 src.keyframe_held = src.keyframe_held or o.pes_key
-                lag.learn(lag.reads - o.pes_start_read if held else 0, now, src.keyframe_held)
+                reads = lag.reads - o.pes_start_read if held else 0
+                lag.learn(reads, now, src.keyframe_held, defer=o.pes_streamed)
             o.pes_key = not src.keyframe_held and is_random_access(b, off, route.stream_type, p)
-        o.pes_start = out_index
+        o.pes_start = None if stream else out_index
+        o.pes_streamed = stream
         o.pes_start_time = now
         o.pes_start_read = self.lag.reads
         o.pes_cc = cc
@@ -407,5 +436,6 @@ class Hold:
         self._early_next = self.out_next
         for o in entered:
             o.pes_start = None
+            o.pes_streamed = False
             o.pes_remaining = -1
         return set(dropping), dropped

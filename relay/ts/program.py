@@ -63,6 +63,7 @@ class OutStream:
     pes_start_time: float = 0.0
     pes_start_read: int = 0  # the lag's read count when it began
     pes_key: bool = False  # it starts at a random-access point (looked at until a keyframe was learned)
+    pes_streamed: bool = False  # the current PES is an entry frame let out as it arrives (not held)
     pes_cc: int = 0  # continuity_counter of that PES's first packet
     pes_remaining: int = -1  # bytes still due of a bounded audio PES; -1: unbounded
     pes_chunk: int = -1  # which chunk its first packet was in, and where (packet index)
@@ -102,6 +103,7 @@ class UpstreamState:
     routes: dict[int, Route] = field(default_factory=dict)
     entered: bool = False
     t0: float | None = None
+    fed_at: float | None = None  # its last packets came at (relay/ts/health.py: NoMedia)
     tables: Tables | None = None
     video_seen: float | None = None
     audio_seen: float | None = None
@@ -110,6 +112,7 @@ class UpstreamState:
     codec_change: bool = False  # its video/audio codec differs from the output's: kept out (transcoder)
     keyframe_held: bool = False  # a keyframe's hold has been learned: the lag has seen the largest frames
     entry_index: int | None = None  # output index of the keyframe it entered with
+    streamed: int = 0  # video PES let out as they arrived since the entry (the entry frame and the next)
 
 
 def first_types(program: ProgramMap | None) -> tuple[int | None, int | None]:

@@ -25,14 +25,17 @@ output program the client sees:
     ``switch(now)``: the next packets fed come from a new upstream (failover or upgrade). The current
     unfinished PES of each stream is dropped; the rest goes out with the next ``feed``/``bridge``.
     ``entered: bool``: the current upstream's clean entry is done (PAT+PMT then a keyframe went out);
-    ``last_entry_wait_s``: how long that took. ``entry_sent``: that entry (its keyframe, whole) went out,
-    which is when the session's switch time ends.
+    ``last_entry_wait_s``: how long that took. ``entry_sent``: that entry (PAT/PMT and the start of its
+    keyframe, which then streams as it arrives) went out, which is when the session's switch time ends.
     ``poll(now)``: what trailed by the lag and fell due while the upstream was silent.
     ``bridge(now) -> bytes``: null packets (plus PAT/PMT every ``bridge_psi_interval_s``) to keep a
     client's demuxer fed during a gap; b"" until the session's first real output.
-    ``health(now) -> str | None``: ``"NoVideo"`` when the program had video and the current upstream's
-    video PID is silent for ``no_video_s`` while audio flows, or its PMT has no video stream.
+    ``health(now) -> str | None``: ``"NoMedia"`` when no video or audio PES came for ``no_media_s``
+    while packets flow; ``"NoVideo"`` when the program had video and the current upstream's video PID
+    is silent for ``no_video_s`` while audio flows, or its PMT has no video stream (relay/ts/health.py).
     ``join_prefix()``, ``keyframe_offset(chunk)``: PAT/PMT and where to start for a joining client.
+    ``slowness``: the current upstream's media time against wall time (``slowness.slow(now)``:
+    StreamSlow), reset at each switch.
     ``enabled=False``: passthrough (alignment only) so the difference can be measured.
 
 Theory of operation (what lives here)
@@ -50,9 +53,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from relay.core.slowness import SlowMeter
 from relay.ts import fastpath
 from relay.ts.continuity import Continuity
 from relay.ts.fastpath import Tables, build_tables
+from relay.ts.health import content_health
 from relay.ts.hold import Hold, Lag
 from relay.ts.packet import NULL_PACKET, NULL_PID, PAT_PID, TS_PACKET_SIZE, payload_offset
 from relay.ts.pes import is_random_access, pes_timestamps
@@ -60,7 +65,7 @@ from relay.ts.program import KEEP, RESTART, OutputProgram, Route, Transcodable, 
 from relay.ts.timeline import Timeline
 
 _PKT = TS_PACKET_SIZE
-NO_VIDEO = "NoVideo"
+STREAMED_FRAMES = 2  # after an entry: its frame and the next are let out as they arrive, not held
 
 
 class Splicer:
@@ -71,6 +76,9 @@ class Splicer:
         keyframe_wait_s: float = 1.0,
         no_video_s: float = 3.0,
         enabled: bool = True,
+        no_media_s: float = 3.0,
+        slow_window_s: float = 10.0,
+        slow_ratio: float = 0.9,
         *,
         hold_max_s: float = 1.0,
         bridge_psi_interval_s: float = 0.5,
@@ -83,6 +91,9 @@ class Splicer:
     ) -> None:
         self.keyframe_wait_s = keyframe_wait_s
         self.no_video_s = no_video_s
+        self.no_media_s = no_media_s
+        # media time (the reference stream's DTS) against wall time: StreamSlow (relay/core/slowness.py)
+        self.slowness = SlowMeter(slow_window_s, slow_ratio)
         self.enabled = enabled
         self.bridge_psi_interval_s = bridge_psi_interval_s
         self.bridge_null_packets = bridge_null_packets
@@ -132,9 +143,16 @@ class Splicer:
 
     @property
     def entry_sent(self) -> bool:
-        """The current upstream's entry (PAT/PMT, then its keyframe) went out: the client has it."""
+        """The current upstream's entry (PAT/PMT, then its keyframe's start) went out: the client has it."""
         entry = self._src.entry_index
         return not self.enabled or (entry is not None and self._hold.released > entry)
+
+    @property
+    def entry_streaming(self) -> bool:
+        """The current upstream's entry frames are going out as they arrive (until the first held frame
+        begins): what the splice lets out now is the client's first picture, not to be delayed."""
+        src = self._src
+        return self.enabled and src.entry_index is not None and src.streamed <= STREAMED_FRAMES
 
     @property
     def codec_change(self) -> bool:
@@ -178,6 +196,8 @@ class Splicer:
         src = self._src
         if src.t0 is None:
             src.t0 = now
+        if packets:
+            src.fed_at = now
         out: list[bytes | memoryview] = []
         hold = self._hold
         hold.drain_ready(out)
@@ -217,8 +237,9 @@ class Splicer:
             return
         self._finish_upstream()
         self._src = UpstreamState()
-        # the new upstream's entry keyframe is held whole anyway: the client waits for it during the
-        # switch, and that wait is the new lag, learned again from this upstream's frames
+        self.slowness.reset()
+        # the new upstream's entry keyframe streams as it arrives; the lag is learned again from this
+        # upstream's frames, one read at a time (relay/ts/hold.py, "Lag")
         self._lag.restart()
 
     def join_prefix(self) -> bytes:
@@ -233,6 +254,19 @@ class Splicer:
             return b""
         repeat = self._continuity.repeat_last
         return b"".join(repeat(p) for p in (*program.pat_packets, *program.pmt_packets))
+
+    @property
+    def video_stream(self) -> tuple[int, int] | None:
+        """The output's video (PID, stream_type), for the joiners' GOP (relay/ts/gop.py); None in
+        passthrough mode or without video."""
+        video = self._program.video() if self.enabled else None
+        return None if video is None else (video.elementary_PID, video.stream_type)
+
+    @property
+    def psi_pids(self) -> tuple[int, ...]:
+        """The output's PAT and PMT PIDs."""
+        pmt = self._program.pmt_pid
+        return (PAT_PID,) if pmt is None else (PAT_PID, pmt)
 
     def keyframe_offset(self, data: bytes | bytearray | memoryview) -> int | None:
         """Byte offset in an output chunk of the first video packet a decoder can start from.
@@ -273,20 +307,10 @@ class Splicer:
         return b"".join(parts)
 
     def health(self, now: float) -> str | None:
-        """``"NoVideo"`` when the current upstream lost the video the program had; else None."""
+        """``"NoMedia"`` or ``"NoVideo"`` for the current upstream's content (relay/ts/health.py)."""
         if not self.enabled:
             return None
-        src = self._src
-        if src.program is None:
-            return None
-        if not src.program.has_video:
-            return NO_VIDEO if self._program.had_video else None
-        if src.audio_seen is None or now - src.audio_seen > self.no_video_s:
-            return None  # no audio either: a stall, not this check's business
-        since = src.video_seen if src.video_seen is not None else src.t0
-        if since is not None and now - since >= self.no_video_s:
-            return NO_VIDEO
-        return None
+        return content_health(self._src, now, self.no_video_s, self.no_media_s, self._program.had_video)
 
     # --- switch ---------------------------------------------------------------------------------------
 
@@ -479,7 +503,16 @@ class Splicer:
         """A PES begins: rebase its PTS/DTS, learn the frame duration, start holding it."""
         p = payload_offset(buf, off)
         pts, dts = pes_timestamps(buf, off, p)
+        if route.is_ref and pts is not None:
+            self.slowness.sample(now, dts if dts is not None else pts)  # the upstream's own clock
         self._timeline.pes_start(route.out, buf, off + p, pts, dts)
         if route.kind not in ("video", "audio") or not self.frame_hold:
             return
-        self._hold.start_pes(route, self._src, buf, off, p, cc, out_index, now, self._chunks)
+        # the entry frame (after a switch, or at tune) streams as it arrives: the hold is for the dying
+        # upstream's cut frame, and holding the new one whole only delays the first picture
+        # (and the frame after it: its start is what tells a demuxer that the entry frame is complete)
+        src = self._src
+        stream = route.kind == "video" and src.entry_index is not None and src.streamed < STREAMED_FRAMES
+        if stream or (route.kind == "video" and src.streamed == STREAMED_FRAMES):
+            src.streamed += 1  # STREAMED_FRAMES + 1: the first held frame began, the entry is over
+        self._hold.start_pes(route, src, buf, off, p, cc, out_index, now, self._chunks, stream=stream)

@@ -44,6 +44,7 @@ def machine_events() -> dict[str, ev.Event]:
     h.fail("b/2", Reason.HTTP_ERROR, 0.01, 503)
     h.ready("c/3", 0.05)
     take("session_start", h, "session_start")
+    take("tune_failover", h, "tune_failover")  # issue 15: the same tune, as the failover it is
     h = Harness(cands(("a", 1), ("b", 2)))
     h.start(0.0)
     h.ready("a/1", 0.05)

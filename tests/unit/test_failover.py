@@ -394,3 +394,105 @@ def test_slots_reconcile_fixes_a_leak_and_counts_other_devices_on_the_line():
     assert slots.free("a") == 0 and slots.free("b") == 0
     slots.reconcile({"a": 1}, active_cons={"a": 1, "b": 0})  # the other device went away
     assert slots.free("a") == 1 and slots.free("b") == 1
+
+
+# ---- issue 15: tune-time failures are failovers -------------------------------------------------
+
+
+def test_a_primary_failing_at_tune_is_a_warn_tune_failover_and_session_start_is_unchanged():
+    h = Harness(cands(("a", 1), ("b", 2)))
+    h.start(0.0)
+    h.fail("a/1", Reason.HTTP_ERROR, 0.01, 503)
+    h.ready("b/2", 0.05)
+    start = h.events("session_start")[0]
+    assert start.fields["failures"] == [{"stream": "a/1", "reason": "HttpError", "http_status": 503}]
+    (tf,) = h.events("tune_failover")
+    assert tf.level == "warn" and tf.what.category == "failover"
+    assert tf.fields["from_stream"] == "a/1" and tf.fields["to_stream"] == "b/2"
+    assert tf.fields["reason"] == "HttpError" and tf.fields["http_status"] == 503
+    assert tf.fields["failures"] == [{"stream": "a/1", "reason": "HttpError", "http_status": 503}]
+    assert h.m.failovers == 0  # mid-stream switches only; the metric counts it with phase=tune
+
+
+def test_a_better_candidate_still_connecting_when_a_lower_one_wins_is_recorded_slower():
+    h = Harness(cands(("a", 1), ("b", 2), ("c", 3)))
+    h.start(0.0)
+    h.run(h.m.head(h.id("a/1"), 0.05))  # a answers but sends no body
+    h.tick(0.25)
+    h.fail("b/2", Reason.CONNECTION_ERROR, 0.3)
+    assert opened(h.tick(0.5)) == ["c/3"]
+    h.ready("c/3", 0.55)
+    assert switched(h.tick(0.55 + POLICY.connect_timeout_s)) == ["c/3"]  # it waited for a, then won
+    (tf,) = h.events("tune_failover")
+    assert tf.fields["from_stream"] == "a/1" and tf.fields["reason"] == "Slower"
+    assert [(f["stream"], f["reason"]) for f in tf.fields["failures"]] == [
+        ("a/1", "Slower"),
+        ("b/2", "ConnectionError"),
+    ]
+    assert h.events("session_start")[0].fields.get("failures") == [
+        {"stream": "b/2", "reason": "ConnectionError", "http_status": None}
+    ]
+
+
+def test_a_primary_that_times_out_at_tune_is_a_connection_timeout_tune_failover():
+    h = Harness(cands(("a", 1), ("b", 2)))
+    h.start(0.0)
+    h.tick(0.25)
+    h.ready("b/2", 0.3)
+    h.tick(POLICY.connect_timeout_s)
+    (tf,) = h.events("tune_failover")
+    assert tf.fields["reason"] == "ConnectionTimeout" and tf.fields["from_stream"] == "a/1"
+
+
+def test_a_best_candidate_that_wins_the_tune_is_no_failover():
+    h = Harness(cands(("a", 1), ("b", 2)))
+    h.start(0.0)
+    h.tick(0.25)
+    h.ready("b/2", 0.3)
+    h.ready("a/1", 0.4)
+    assert h.events("tune_failover") == []
+
+
+# ---- issue 15: a slow stream is left make-before-break -----------------------------------------
+
+
+def test_a_slow_stream_plays_on_while_the_next_is_probed_and_the_first_that_delivers_takes_over():
+    h = Harness(cands(("a", 1), ("b", 2), ("c", 3)))
+    streaming(h)
+    out = h.run(h.m.slow(20.0))
+    assert opened(out) == ["b/2"] and not [a for a in out if isinstance(a, Close)]  # a/1 plays on
+    assert h.m.state is State.STREAMING and h.m.current_candidate.ref == "a/1"
+    h.run(h.m.packets(h.id("a/1"), 20.5))  # still the current one's bytes
+    h.fail("b/2", Reason.HTTP_ERROR, 20.6, 503)
+    assert h.m.current_candidate.ref == "a/1"
+    out = h.ready("c/3", 21.0)
+    assert switched(out) == ["c/3"] and Close(h.id("a/1")) in out
+    (fo,) = h.events("failover")
+    assert fo.until_entry and fo.fields["reason"] == "StreamSlow"
+    assert fo.fields["from_stream"] == "a/1" and fo.fields["to_stream"] == "c/3"
+    assert fo.fields["attempted"] == ["b/2", "c/3"] and fo.fields["switch_ms"] == 1000.0
+    assert h.m.failovers == 1 and h.m.upgrades == 0
+    assert h.health.recently_failed("a/1", 21.0, POLICY.cooldown_s)
+
+
+def test_a_slow_stream_stays_when_nothing_else_delivers_and_no_event_is_written():
+    h = Harness(cands(("a", 1), ("b", 2)))
+    streaming(h)
+    h.run(h.m.packets(h.id("a/1"), 19.9))
+    h.run(h.m.slow(20.0))
+    h.run(h.m.packets(h.id("a/1"), 20.9))
+    out = h.tick(20.0 + POLICY.connect_timeout_s)  # b/2 never answers
+    assert Close(h.id("b/2")) in out and not switched(out)
+    assert h.m.current_candidate.ref == "a/1" and h.events("failover") == []
+    assert h.m.slow(30.0) != []  # the next verdict searches again
+
+
+def test_a_slow_search_never_gives_up_the_only_slot_and_ignores_a_second_verdict():
+    h = Harness(cands(("a", 1), ("a", 2)))
+    streaming(h)
+    assert h.run(h.m.slow(20.0)) == []  # a/2 would need a/1's slot: no break-before-make for slowness
+    assert h.m.current_candidate.ref == "a/1" and h.m.state is State.STREAMING
+    h = Harness(cands(("a", 1), ("b", 2)))
+    streaming(h)
+    h.run(h.m.slow(20.0))
+    assert h.m.slow(20.25) == []  # one search at a time

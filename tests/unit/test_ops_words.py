@@ -67,7 +67,17 @@ def test_exposition_has_the_process_collector_and_no_created_samples():
     s = samples(m)
     assert "process_cpu_seconds_total" in s and "process_resident_memory_bytes" in s
     assert not [k for k in s if "_created" in k]
-    assert s['relay_failovers_total{reason="StreamStall"}'] == 1
+    assert s['relay_failovers_total{phase="stream",reason="StreamStall"}'] == 1
+
+
+def test_a_tune_failover_counts_with_phase_tune_and_no_switch_time():
+    m = Metrics(lambda now: [], lambda: None)
+    m.on_event({"event": "tune_failover", "reason": "HttpError", "channel": "c", "ttfb_ms": 40.0})
+    m.on_event({"event": "failover", "reason": "HttpError", "channel": "c", "switch_ms": 5})
+    s = samples(m)
+    assert s['relay_failovers_total{phase="tune",reason="HttpError"}'] == 1
+    assert s['relay_failovers_total{phase="stream",reason="HttpError"}'] == 1
+    assert s["relay_switch_seconds_count"] == 1 and m.recovered == 2
 
 
 def test_account_gauges():
@@ -90,8 +100,8 @@ def test_the_channel_label_is_off_by_default_and_bounded_when_on():
     for ch in ("a", "b", "c", "d", "a"):
         m.on_event({"event": "failover", "reason": "StreamStall", "channel": ch})
     s = samples(m)
-    assert s['relay_failovers_total{channel="a",reason="StreamStall"}'] == 2
-    assert s['relay_failovers_total{channel="other",reason="StreamStall"}'] == 2  # c and d
+    assert s['relay_failovers_total{channel="a",phase="stream",reason="StreamStall"}'] == 2
+    assert s['relay_failovers_total{channel="other",phase="stream",reason="StreamStall"}'] == 2  # c and d
     assert len([k for k in s if k.startswith("relay_failovers_total")]) == 3
     assert parse({}).metrics.channel_label is False
 

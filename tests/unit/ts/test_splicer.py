@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from relay.ts import (
@@ -53,22 +53,52 @@ def test_the_splicer_never_writes_into_the_callers_buffer() -> None:
     assert data == before and {pid_of(p) for p in out} & {0x100, 0x101}
 
 
-def test_entry_sent_only_once_the_entry_keyframe_itself_went_out() -> None:
-    """The session's switch time ends at entry_sent: not when the keyframe starts arriving (entered),
-    but when it went out whole, with our PAT/PMT before it."""
+def test_entry_sent_once_the_entry_keyframe_starts_going_out_and_it_streams_as_it_arrives() -> None:
+    """The session's switch time ends at entry_sent: when our PAT/PMT and the start of the backup's
+    keyframe went out. The keyframe is not held whole (issue 18): it streams as it arrives, so the
+    first picture costs what a direct reconnect costs."""
     splicer = Splicer(early_after_s=None)
     paced(splicer, Upstream().stream(8), 0.0)
     splicer.switch(1.0)
     fed = B_upstream(key_packets=60).stream(5)
     key = next(n for n, p in enumerate(fed) if pid_of(p) == 0x1E1 and p[1] & 0x40)
-    out, _ = paced(splicer, fed[: key + 30], 1.0)
-    assert splicer.entered and not splicer.entry_sent, "the keyframe is still arriving: held"
-    assert not any(pid_of(p) == 0x100 and p[1] & 0x40 and p[5] & 0x40 for p in out), "no keyframe yet"
-    more, _ = paced(splicer, fed[key + 30 :], 1.1)
-    assert splicer.entry_sent
-    both = out + more
+    out, _ = paced(splicer, fed[:key], 1.0)
+    assert not splicer.entry_sent, "no keyframe yet"
+    out2, _ = paced(splicer, fed[key : key + 30], 1.05)
+    assert splicer.entered and splicer.entry_sent, "half the keyframe arrived: it is going out"
+    both = out + out2
     k = next(n for n, p in enumerate(both) if pid_of(p) == 0x100 and p[1] & 0x40 and p[5] & 0x40)
-    assert k >= len(out) and [pid_of(p) for p in both[k - 2 : k]] == [0, 0x1000], "our PAT/PMT before it"
+    assert [pid_of(p) for p in both[k - 2 : k]] == [0, 0x1000], "our PAT/PMT before it"
+    assert sum(1 for p in both[k:] if pid_of(p) == 0x100) >= 28, "the keyframe's packets so far, out"
+    more, _ = paced(splicer, fed[key + 30 :], 1.1)
+    assert cc_errors(both + more) == []
+    assert sum(1 for p in (both + more)[k:] if pid_of(p) == 0x100) >= 60, "then the rest of it"
+
+
+def test_a_backup_that_dies_inside_its_first_frame_leaves_that_frame_cut_then_the_next_entry() -> None:
+    """What a client sees when a backup dies inside the keyframe it entered with (README, "Splice"):
+    that keyframe streamed, so its start went out and cannot be taken back; the next upstream then
+    enters cleanly (our PAT/PMT, its keyframe, counters continuous), so one picture is broken and the
+    stream is whole again at the next upstream's first frame."""
+    splicer = Splicer(early_after_s=None)
+    paced(splicer, Upstream().stream(8), 0.0)
+    splicer.switch(1.0)
+    b_fed = B_upstream(key_packets=60).stream(5)
+    key = next(n for n, p in enumerate(b_fed) if pid_of(p) == 0x1E1 and p[1] & 0x40)
+    out_b, _ = paced(splicer, b_fed[: key + 20], 1.0)  # B dies 20 packets into its first keyframe
+    splicer.switch(2.0)
+    c_fed = Upstream(key_packets=60).stream(12, start=0)
+    out_c, _ = paced(splicer, c_fed, 2.0)
+    out = out_b + out_c
+    starts = [n for n, p in enumerate(out) if pid_of(p) == 0x100 and p[1] & 0x40 and p[5] & 0x40]
+    assert len(starts) >= 2, "B's entry keyframe and C's"
+    b_key = [p for p in out[starts[0] : starts[1]] if pid_of(p) == 0x100]
+    assert 18 <= len(b_key) <= 20, "B's keyframe went out as far as it arrived: cut, not held back"
+    assert [pid_of(p) for p in out[starts[1] - 2 : starts[1]]] == [0, 0x1000], "C enters after PAT/PMT"
+    c_video = [p for p in out[starts[1] :] if pid_of(p) == 0x100]
+    assert len(c_video) >= 60, "C's keyframe and the frames after it go out"
+    assert cc_errors(out) == [], "counters stay continuous across the cut frame"
+    assert splicer.entry_sent and splicer.switches == 2
 
 
 def test_keyframe_gating_drops_packets_before_the_random_access_point() -> None:
@@ -165,6 +195,7 @@ def test_health_is_quiet_when_nothing_flows() -> None:
     chunks=st.lists(st.integers(1, 2000), min_size=1, max_size=8),
     b_types=st.sampled_from([(0x1B, 0x0F), (0x02, 0x03)]),
 )
+@example(cut_a=8, start_b=0, cut_b=20, start_c=0, chunks=[1], b_types=(0x1B, 0x0F))  # the second frame cut
 def test_splicer_output_is_whole_valid_packets_with_clean_cc_and_timeline(
     cut_a: int, start_b: int, cut_b: int, start_c: int, chunks: list[int], b_types: tuple[int, int]
 ) -> None:
@@ -203,13 +234,24 @@ def test_splicer_output_is_whole_valid_packets_with_clean_cc_and_timeline(
             dts,
         )
     sizes: dict[int, list[int]] = {}
+    entry_runs: list[int] = []  # video runs right after our PAT/PMT: an upstream's entry frame
+    prev = -1
     for p in packets:
         if pid_of(p) in psi:
+            prev = pid_of(p)
             continue
         runs = sizes.setdefault(pid_of(p), [])
         if p[1] & 0x40:
             runs.append(0)
+            if pid_of(p) == 0x100 and prev not in (-1, 0x100, 0x101, NULL_PID):
+                entry_runs.append(len(runs) - 1)
         assert runs, "an ES starts at a PES start"
         runs[-1] += 1
+        prev = pid_of(p)
     for pid, runs in sizes.items():
-        assert set(runs) <= {3 if pid in (0x100, 0x1E1) else 2}, (hex(pid), runs)
+        whole = 3 if pid in (0x100, 0x1E1) else 2
+        # an entry frame and the frame after it stream as they arrive (issue 18; README, "Splice"): cut
+        # only if their upstream died inside them
+        streamed = {k for e in entry_runs for k in (e, e + 1)}
+        cut = [r for k, r in enumerate(runs) if r != whole and not (pid == 0x100 and k in streamed)]
+        assert cut == [] and max(runs) <= whole, (hex(pid), runs)
