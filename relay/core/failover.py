@@ -119,6 +119,8 @@ class Exhausted:
     """No stream could be found: answer 503 if nothing was sent yet, else end the response."""
 
     started: bool
+    # why the last round ended (AccountFull: not the streams); not part of what the action is
+    reason: str = field(default=str(Reason.CONNECTION_ERROR), compare=False)
 
 
 @dataclass(frozen=True)
@@ -806,7 +808,7 @@ class FailoverMachine:
                 )
             )
         )
-        out.append(Exhausted(started=started))
+        out.append(Exhausted(started=started, reason=str(reason)))
 
     # ---- hold instead of hang up ------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from relay.cluster.tuners import TunerGate
 from relay.config import ChannelConfig, Config, ConfigError
 from relay.core import events, http11
 from relay.core.admission import TuneLimiter
-from relay.core.failover import HealthMemory, Slots, State
+from relay.core.failover import NOT_THE_STREAM, HealthMemory, Slots, State
 from relay.shell.limits import effective_max_clients
 from relay.shell.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.shell.metrics import Metrics, SinkCollector
@@ -554,7 +554,7 @@ class Relay:
             events.ClusterTuneRefused(channel=session.channel, reason=refusal.reason, detail=refusal.detail)
         )
         busy = hdhomerun.TunerError.ALL_TUNERS_IN_USE.header()
-        for out in list(session.outputs):
+        for out in list(session.outputs.viewers):
             session.remove_output(out, "TunerBusy")
             if isinstance(out, HttpProtocol):
                 out.session = None
@@ -562,7 +562,9 @@ class Relay:
         session.close("TunerBusy")
 
     def _session_ended(self, session: ChannelSession) -> None:
-        if session.exhausted:  # every stream failed: tunes of it are limited for a while
+        # every stream failed: tunes of it are limited for a while (not when only the provider's
+        # connection limit or the cluster's ledger said no: the channel itself is fine)
+        if session.exhausted and session.exhausted_reason not in NOT_THE_STREAM:
             self.tunes.failed(session.channel, asyncio.get_running_loop().time())
         elif session.started:
             self.tunes.recovered(session.channel)

@@ -17,7 +17,7 @@ Must never: copy or re-frame per viewer, block, or let one viewer hold back the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from relay.core import events, http11
@@ -82,6 +82,10 @@ class Outputs:
         self.coalescer = (
             Coalescer(loop, write_interval_s, write_bytes, self._fanout) if write_interval_s > 0 else None
         )
+
+    def __iter__(self) -> Iterator[Output]:
+        """The viewers now (a copy: removing one while iterating is safe)."""
+        return iter(list(self.viewers))
 
     def __len__(self) -> int:
         return len(self.viewers)

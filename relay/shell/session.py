@@ -95,6 +95,7 @@ class ChannelSession:
         self.current: UpstreamAttempt | HlsUpstreamAttempt | None = None
         self.ended = False
         self.exhausted = False  # ended because every stream failed (the tune limiter counts these)
+        self.exhausted_reason: str | None = None  # ... and why (a full account is not the channel's fault)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._linger: asyncio.TimerHandle | None = None
@@ -328,7 +329,7 @@ class ChannelSession:
             elif isinstance(a, Log):
                 self._log(a)
             elif isinstance(a, Exhausted):
-                self._exhausted(a.started)
+                self._exhausted(a.started, a.reason)
                 return
         if not self.ended:
             self._arm()
@@ -473,8 +474,9 @@ class ChannelSession:
             self.splicer.slowness.reset()  # one search a window: measured afresh meanwhile
             self._run(self.machine.slow(now))  # StreamSlow: make-before-break
 
-    def _exhausted(self, started: bool) -> None:
+    def _exhausted(self, started: bool, reason: str) -> None:
         self.exhausted = True
+        self.exhausted_reason = reason
         outs = self.outputs.take_all()
         self._run(self.machine.close(self.shared.clock(), "Exhausted"))
         self._end()
