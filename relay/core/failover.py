@@ -42,7 +42,7 @@ The rules, in one place:
 Where things are: the states move only along `_ALLOWED` (one table, `_to` raises on any other
 move); every timer is one entry of `_deadlines()`, which feeds both `tick` and `next_deadline`; the
 events are typed in relay/core/events.py, the timings come in as a FailoverPolicy. It is one module
-(~930 lines) because rounds, holds and upgrades share the attempts, the slots and the state.
+(~1,000 lines) because rounds, holds and upgrades share the attempts, the slots and the state.
 """
 
 from __future__ import annotations

@@ -172,46 +172,6 @@ def _url_source(account: AccountConfig, base_dir: Path, url: str, secrets: tuple
     )
 
 
-def read_m3u_streams(
-    account: AccountConfig, base_dir: Path, *, cancel: threading.Event | None = None
-) -> tuple[list[LiveStream], int]:
-    """The account's M3U as live streams, and how many entries had no Xtream stream id (skipped)."""
-    src = account_m3u_source(account, base_dir)
-    cancel = cancel or threading.Event()
-    streams: list[LiveStream] = []
-    skipped = 0
-    try:
-        raw: IO[bytes] = fetch_source(src)
-        with raw:
-            for entry in parse_m3u(iter_lines(open_stream(raw, cancel))):
-                if entry.stream_id is None:
-                    skipped += 1
-                    continue
-                streams.append(
-                    LiveStream(
-                        stream_id=entry.stream_id,
-                        name=entry.name or str(entry.stream_id),
-                        epg_channel_id=entry.tvg_id,
-                        category=entry.group,
-                        icon=entry.logo,
-                    )
-                )
-    except urllib.error.HTTPError as e:
-        e.close()
-        raise M3uError(src.scrub(f"{src.label}: HTTP {e.code}")) from None
-    except urllib.error.URLError as e:
-        raise M3uError(src.scrub(f"{src.label}: {e.reason}")) from None
-    except SourceTooLarge as e:
-        raise M3uError(src.scrub(f"{src.label}: {e}")) from None
-    except (http.client.HTTPException, ValueError) as e:  # broken framing
-        raise M3uError(src.scrub(f"{src.label}: broken HTTP answer ({type(e).__name__})")) from None
-    except OSError as e:
-        raise M3uError(src.scrub(f"{src.label}: {e.strerror or type(e).__name__}")) from None
-    return streams, skipped
-
-
-# ---- every entry playable or counted (the import report) ----------------------------------------------
-
 SKIP_REASONS = ("vod_series", "unsupported_scheme", "duplicate", "unparseable")
 
 
@@ -287,7 +247,8 @@ def import_entries(entries: Iterable[M3uEntry], account: AccountConfig) -> M3uIm
 def read_m3u_import(
     account: AccountConfig, base_dir: Path, *, cancel: threading.Event | None = None
 ) -> M3uImport:
-    """The account's M3U, every entry either a stream or a counted skip (M3uError as read_m3u_streams)."""
+    """The account's M3U, every entry either a stream or a counted skip; M3uError (one scrubbed line)
+    when it cannot be read."""
     src = account_m3u_source(account, base_dir)
     cancel = cancel or threading.Event()
     try:
